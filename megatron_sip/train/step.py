@@ -1,0 +1,78 @@
+"""One optimizer step through Megatron-Core's pipeline schedule, and the reduction of what the
+loss functions reported into global numbers for logging."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import partial
+from typing import Any, Callable, Dict, List, Sequence
+
+import torch
+import torch.distributed as dist
+
+from megatron_sip.loss import masked_nll
+from megatron_sip.parallel import ParallelContext
+from megatron_sip.train.batch import TokenBatch
+from megatron_sip.train.setup import TrainState
+
+
+@dataclass(frozen=True)
+class StepResult:
+    reports: Dict[str, List[float]]
+    """Each reported quantity as [global sum, global count]."""
+    grad_norm: float
+    update_applied: bool
+
+
+def nll_forward_step(data_iterator: Any, model: Any):
+    """Megatron forward step for plain next-token training."""
+    batch: TokenBatch = next(data_iterator)
+    token_nll_BS = model(batch.tokens_BS, batch.position_ids_BS, None, labels=batch.labels_BS)
+    return token_nll_BS, partial(masked_nll, batch.loss_mask_BS)
+
+
+def train_step(state: TrainState, ctx: ParallelContext, micro_batches: Sequence[Any], *,
+               forward_step: Callable, seq_length: int, micro_batch_size: int,
+               report_keys: Sequence[str]) -> StepResult:
+    from megatron.core.pipeline_parallel import get_forward_backward_func
+
+    for chunk in state.model:
+        chunk.zero_grad_buffer()
+    state.optimizer.zero_grad()
+    reported = get_forward_backward_func()(
+        forward_step_func=forward_step,
+        data_iterator=iter(micro_batches),
+        model=state.model,
+        num_microbatches=len(micro_batches),
+        seq_length=seq_length,
+        micro_batch_size=micro_batch_size,
+        forward_only=False,
+    )
+    update_applied, grad_norm, _ = state.optimizer.step()
+    if update_applied:
+        state.scheduler.step(increment=1)
+    return StepResult(reduce_reports(reported, ctx, report_keys), float(grad_norm or 0.0), bool(update_applied))
+
+
+def reduce_reports(reported: Sequence[Dict[str, torch.Tensor]], ctx: ParallelContext,
+                   keys: Sequence[str]) -> Dict[str, List[float]]:
+    """Sum [sum, count] pairs over micro-batches and data-parallel ranks, on every rank.
+
+    Only the last pipeline stage has losses, and its TP ranks hold identical copies, so exactly
+    one rank per data-parallel replica contributes; a world all-reduce then sums the replicas.
+    """
+    totals = torch.zeros(len(keys), 2, dtype=torch.float64)
+    if ctx.is_last_stage and ctx.tp_rank == 0:
+        for report in reported:
+            for row, key in enumerate(keys):
+                if key in report:
+                    totals[row] += report[key].detach().to("cpu", torch.float64)
+    if ctx.world_size > 1:
+        totals = _all_reduce_sum(totals, ctx)
+    return {key: totals[row].tolist() for row, key in enumerate(keys)}
+
+
+def _all_reduce_sum(values: torch.Tensor, ctx: ParallelContext) -> torch.Tensor:
+    buffer = values.to(ctx.device)
+    dist.all_reduce(buffer)
+    return buffer.cpu()
