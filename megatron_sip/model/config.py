@@ -38,7 +38,7 @@ class ModelConfig:
     vocab_size: int = 49152
     """Vocabulary size before padding (the tokenizer's size)."""
     make_vocab_size_divisible_by: int = 128
-    """The embedding is padded to a multiple of this times tensor_model_parallel_size."""
+    """The embedding is padded to a multiple of this; it must split evenly over TP ranks."""
     seq_length: int = 512
     """Longest sequence (prefix + suffix) in tokens; also the rotary table length."""
     normalization: str = "RMSNorm"
@@ -110,7 +110,8 @@ class ModelConfig:
                                   f"{tp} does not divide model.num_query_groups={groups}")
         if self.padded_vocab_size % tp:
             raise ConfigError("model.tensor_model_parallel_size", f"{tp} does not divide the padded "
-                              f"vocabulary {self.padded_vocab_size} (model.vocab_size={self.vocab_size})")
+                              f"vocabulary {self.padded_vocab_size} (model.vocab_size={self.vocab_size}); "
+                              "raise model.make_vocab_size_divisible_by")
         if self.num_layers % pp:
             raise ConfigError("model.pipeline_model_parallel_size",
                               f"{pp} does not divide model.num_layers={self.num_layers}")
@@ -121,7 +122,11 @@ class ModelConfig:
 
     @property
     def padded_vocab_size(self) -> int:
-        """Vocabulary padded as Megatron pads it, so every TP rank holds an equal shard."""
-        multiple = self.make_vocab_size_divisible_by * self.tensor_model_parallel_size
+        """Vocabulary rounded up to make_vocab_size_divisible_by.
+
+        Unlike Megatron, which pads to a multiple of (that x TP), the padded size does not depend
+        on TP, so checkpoints reshard between layouts and every layout trains the same model.
+        """
+        multiple = self.make_vocab_size_divisible_by
         return -(-self.vocab_size // multiple) * multiple
 
