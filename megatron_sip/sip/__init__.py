@@ -1,0 +1,1 @@
+"""One SIP step: candidates per prefix -> judge rewards -> selection -> micro-batches -> loss."""
