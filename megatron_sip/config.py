@@ -97,6 +97,9 @@ class TrainConfig:
     """Checkpoint every this many steps; 0 = only at the end and on SIGTERM/SIGUSR1."""
     keep_last: int = 2
     """Checkpoints kept."""
+    exit_interval: int = 0
+    """Save a checkpoint and exit when the step is a multiple of this (Megatron's --exit-interval);
+    0 = run to train.steps. Resume with `megatron-sip train --resume`."""
     max_consecutive_nonfinite: int = 5
     """Stop after this many NaN/inf losses in a row (each skips its update)."""
 

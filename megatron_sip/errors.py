@@ -28,3 +28,7 @@ def check_choice(section: str, cfg: object, name: str, choices: tuple) -> None:
 
 class InputError(ValueError):
     """Bad user input (a file, a record, an endpoint): the message names it and says what is wrong."""
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (e.g. too many non-finite losses); the message says what to change."""

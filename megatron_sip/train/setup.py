@@ -63,12 +63,13 @@ def build_optimizer(cfg: Config, model_chunks: List[Any]) -> Any:
 
 
 def build_scheduler(train: TrainConfig, optimizer: Any) -> Any:
-    """Warm-up then decay, in units of optimizer steps: step t (from 1) runs at the schedule's
-    value for t, so warm-up reaches the peak at step `lr_warmup_steps` and never wastes a step
-    at lr 0."""
+    """Warm-up then decay, in units of optimizer steps. `train_step` advances it before each
+    update, so step t (from 1) runs at the schedule's value for t: warm-up reaches the peak at
+    step `lr_warmup_steps` and no step runs at lr 0. Its counter equals the steps taken, which is
+    what a checkpoint restores."""
     from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
 
-    scheduler = OptimizerParamScheduler(
+    return OptimizerParamScheduler(
         optimizer,
         init_lr=0.0,
         max_lr=train.lr,
@@ -81,5 +82,3 @@ def build_scheduler(train: TrainConfig, optimizer: Any) -> Any:
         wd_incr_steps=train.steps,
         wd_incr_style="constant",
     )
-    scheduler.step(increment=1)
-    return scheduler

@@ -3,7 +3,8 @@ loss functions reported into global numbers for logging."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, Callable, Dict, List, Sequence
 
@@ -20,8 +21,24 @@ from megatron_sip.train.setup import TrainState
 class StepResult:
     reports: Dict[str, List[float]]
     """Each reported quantity as [global sum, global count]."""
+    loss: float
+    """Global mean of the `loss_key` report (NaN when nothing was trained on)."""
     grad_norm: float
     update_applied: bool
+
+
+@dataclass(frozen=True)
+class StepOutcome:
+    """What an objective's step tells the loop."""
+
+    loss: float
+    grad_norm: float
+    update_applied: bool
+    samples: int
+    """Samples (prefixes) consumed from the data, over all DP ranks."""
+    tokens: int
+    """Tokens trained on, over all DP ranks (for tokens/s)."""
+    metrics: Dict[str, Any] = field(default_factory=dict)
 
 
 def nll_forward_step(data_iterator: Any, model: Any):
@@ -33,9 +50,12 @@ def nll_forward_step(data_iterator: Any, model: Any):
 
 def train_step(state: TrainState, ctx: ParallelContext, micro_batches: Sequence[Any], *,
                forward_step: Callable, seq_length: int, micro_batch_size: int,
-               report_keys: Sequence[str]) -> StepResult:
+               report_keys: Sequence[str], loss_key: str) -> StepResult:
+    """Forward-backward over the micro-batches, then the optimizer step unless the loss is
+    NaN/inf (then the update is skipped and the gradients dropped)."""
     from megatron.core.pipeline_parallel import get_forward_backward_func
 
+    state.scheduler.step(increment=1)  # a skipped update still counts as a step of the schedule
     for chunk in state.model:
         chunk.zero_grad_buffer()
     state.optimizer.zero_grad()
@@ -48,10 +68,28 @@ def train_step(state: TrainState, ctx: ParallelContext, micro_batches: Sequence[
         micro_batch_size=micro_batch_size,
         forward_only=False,
     )
+    reports = reduce_reports(reported, ctx, report_keys)
+    total, count = reports[loss_key]
+    loss = total / count if count else float("nan")
+    if count and not math.isfinite(loss):
+        for chunk in state.model:
+            chunk.zero_grad_buffer()
+        return StepResult(reports, loss, float("nan"), False)
     update_applied, grad_norm, _ = state.optimizer.step()
-    if update_applied:
-        state.scheduler.step(increment=1)
-    return StepResult(reduce_reports(reported, ctx, report_keys), float(grad_norm or 0.0), bool(update_applied))
+    return StepResult(reports, loss, float(grad_norm or 0.0), bool(update_applied))
+
+
+def forward_only(model: List[Any], micro_batches: Sequence[Any], *, forward_step: Callable,
+                 seq_length: int, micro_batch_size: int) -> List[Dict[str, torch.Tensor]]:
+    """Run the schedule without backward (reference model, evaluation); the loss functions'
+    reports of this rank, on the last pipeline stage."""
+    from megatron.core.pipeline_parallel import get_forward_backward_func
+
+    with torch.no_grad():
+        return get_forward_backward_func()(
+            forward_step_func=forward_step, data_iterator=iter(micro_batches), model=model,
+            num_microbatches=len(micro_batches), seq_length=seq_length,
+            micro_batch_size=micro_batch_size, forward_only=True)
 
 
 def reduce_reports(reported: Sequence[Dict[str, torch.Tensor]], ctx: ParallelContext,
@@ -68,11 +106,12 @@ def reduce_reports(reported: Sequence[Dict[str, torch.Tensor]], ctx: ParallelCon
                 if key in report:
                     totals[row] += report[key].detach().to("cpu", torch.float64)
     if ctx.world_size > 1:
-        totals = _all_reduce_sum(totals, ctx)
+        buffer = totals.to(ctx.device)
+        dist.all_reduce(buffer)
+        totals = buffer.cpu()
     return {key: totals[row].tolist() for row, key in enumerate(keys)}
 
 
-def _all_reduce_sum(values: torch.Tensor, ctx: ParallelContext) -> torch.Tensor:
-    buffer = values.to(ctx.device)
-    dist.all_reduce(buffer)
-    return buffer.cpu()
+def mean_of(reports: Dict[str, List[float]], key: str) -> float:
+    total, count = reports[key]
+    return total / count if count else float("nan")
