@@ -109,6 +109,9 @@ class TrainConfig:
         if self.global_batch_size % self.micro_batch_size:
             raise ConfigError("train.global_batch_size", f"{self.global_batch_size} is not a multiple "
                               f"of train.micro_batch_size={self.micro_batch_size}")
+        if not 0 <= self.lr_warmup_steps < self.steps:
+            raise ConfigError("train.lr_warmup_steps", f"{self.lr_warmup_steps} must be >= 0 and "
+                              f"below train.steps={self.steps}")
         if self.min_lr > self.lr:
             raise ConfigError("train.min_lr", f"{self.min_lr} exceeds train.lr={self.lr}")
 

@@ -106,4 +106,6 @@ def sip_loss(mode_B: torch.Tensor, loss_mask_BRS: torch.Tensor, ref_logprobs_BR:
     count = (preference | fallback).sum().to(torch.int)
     loss_sum = per_prefix_B.sum()
     report["loss"] = _pair(loss_sum, count)
+    trained_B = (preference | fallback).to(torch.float32)
+    report["tokens"] = _pair((loss_mask_BRS.sum(dim=(1, 2)) * trained_B).sum(), torch.ones(()))
     return loss_sum, count, report

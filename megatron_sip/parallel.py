@@ -46,6 +46,11 @@ class ParallelContext:
     tp_group: Any
     pp_group: Any
     dp_group: Any
+    mp_group: Any
+    """Model-parallel group (TP x PP): the ranks that hold one replica of the model."""
+    mp_rank: int
+    mp_src: int
+    """Global rank of model-parallel rank 0 (it judges and broadcasts to its replica)."""
 
     @property
     def is_first_stage(self) -> bool:
@@ -108,6 +113,7 @@ def init_parallel(model_cfg: ModelConfig, *, seed: int, timeout_minutes: int = 1
     )
     model_parallel_cuda_manual_seed(seed)
     torch.manual_seed(seed)
+    mp_group = parallel_state.get_model_parallel_group()
     return ParallelContext(
         rank=env.rank,
         world_size=env.world_size,
@@ -121,6 +127,9 @@ def init_parallel(model_cfg: ModelConfig, *, seed: int, timeout_minutes: int = 1
         tp_group=parallel_state.get_tensor_model_parallel_group(),
         pp_group=parallel_state.get_pipeline_model_parallel_group(),
         dp_group=parallel_state.get_data_parallel_group(),
+        mp_group=mp_group,
+        mp_rank=dist.get_rank(group=mp_group),
+        mp_src=dist.get_global_rank(mp_group, 0),
     )
 
 

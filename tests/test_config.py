@@ -69,6 +69,7 @@ def _error(overrides=(), path=None) -> ConfigError:
     (["judge.top_p=0"], "judge.top_p", "(0, 1]"),
     (["train.global_batch_size=5", "train.micro_batch_size=2"], "train.global_batch_size", "multiple"),
     (["train.lr=-1"], "train.lr", "positive"),
+    (["train.steps=2", "train.lr_warmup_steps=2"], "train.lr_warmup_steps", "below train.steps"),
     (["data.max_prefix_len=1000"], "data.max_prefix_len", "model.seq_length"),
     (["model.sequence_parallel=true"], "model.sequence_parallel", "tensor_model_parallel_size"),
     (["+model.hidden_size=3"], "model.hidden_size", "already set"),

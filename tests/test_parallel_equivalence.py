@@ -2,6 +2,7 @@
 
 This holds because the initial weights do not depend on the layout (model/init.py), every DP
 layout trains on the same global batch, and the loss is a sum divided by the global count.
+(Synthetic documents: data.paths is empty.)
 """
 
 from __future__ import annotations
@@ -41,8 +42,6 @@ def test_two_ranks_match_one(single_rank: list, layout: str, tmp_path: Path) -> 
         assert two["grad_norm"] == pytest.approx(one["grad_norm"], rel=1e-3)
         assert one["lr"] == pytest.approx(two["lr"])
         assert one["tokens"] == two["tokens"]
-    # The model learns: the synthetic data's unigram distribution is far from uniform init.
-    assert records[-1]["loss"] < records[0]["loss"] - 0.05
 
 
 def test_metrics_have_the_documented_fields(single_rank: list) -> None:

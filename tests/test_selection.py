@@ -39,3 +39,8 @@ def test_all_tied_or_failed_follow_the_policy() -> None:
 def test_rf_nll_needs_one_judged_candidate() -> None:
     s = select([None, None, 0.3, None], KINDS, objective="rf_nll", on_judge_failure="skip")
     assert (s.mode, s.chosen, s.rejected) == (PrefixMode.PREFERENCE, 2, None)
+
+
+def test_fallback_to_the_suffix_when_it_is_not_a_candidate() -> None:
+    s = select([None, None], ["rollout", "rollout"], objective="dpo", on_judge_failure="nll_on_suffix")
+    assert (s.mode, s.chosen) == (PrefixMode.NLL_FALLBACK, -1)

@@ -16,6 +16,8 @@ from typing import Optional, Sequence
 from megatron_sip.loss import PrefixMode
 
 SUFFIX, REWRITE, ROLLOUT = "suffix", "rewrite", "rollout"
+FALLBACK_SUFFIX = -1
+"""Selection index meaning "the original suffix" when it is not among the candidates."""
 
 
 @dataclass(frozen=True)
@@ -53,6 +55,10 @@ def _fallback(kinds: Sequence[str], on_judge_failure: str, reason: str) -> Selec
     if on_judge_failure == "skip":
         return Selection(PrefixMode.SKIP, reason=reason)
     wanted = REWRITE if on_judge_failure == "nll_on_rewrite" else SUFFIX
-    # A prefix without a stored rewrite falls back to its suffix.
-    target = kinds.index(wanted) if wanted in kinds else kinds.index(SUFFIX)
+    # A prefix without a stored rewrite falls back to its suffix, which is always known even
+    # when it is not a candidate (sip.candidates without suffix).
+    if wanted in kinds:
+        target = kinds.index(wanted)
+    else:
+        target = kinds.index(SUFFIX) if SUFFIX in kinds else FALLBACK_SUFFIX
     return Selection(PrefixMode.NLL_FALLBACK, chosen=target, reason=reason)

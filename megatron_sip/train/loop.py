@@ -109,7 +109,7 @@ class Trainer:
         lr = self.state.optimizer.param_groups[0]["lr"]
         self.step += 1
         self.consumed_samples += outcome.samples
-        loss_finite = math.isfinite(outcome.loss)
+        loss_finite = math.isfinite(outcome.loss) or not outcome.trained
         if not loss_finite:
             self.counters["nonfinite_steps"] += 1
         elapsed = time.perf_counter() - started

@@ -6,7 +6,7 @@ from typing import Any, Dict, Protocol
 
 from megatron_sip.config import Config
 from megatron_sip.parallel import ParallelContext
-from megatron_sip.train.batch import synthetic_micro_batches
+from megatron_sip.train.batch import TokenBatch
 from megatron_sip.train.setup import TrainState
 from megatron_sip.train.step import StepOutcome, nll_forward_step, train_step
 
@@ -33,23 +33,34 @@ def build_step(cfg: Config, ctx: ParallelContext, state: TrainState) -> Objectiv
 
 
 class NllStep:
-    """Standard next-token pretraining (the baseline SIP is compared against)."""
+    """Standard next-token pretraining on the same samples SIP sees (prefix + original suffix,
+    loss on every real token): the baseline SIP is compared against."""
 
     def __init__(self, cfg: Config, ctx: ParallelContext, state: TrainState) -> None:
+        from megatron_sip.sip.sampling import StepSampler
+
         self.cfg, self.ctx, self.state = cfg, ctx, state
         self.seq_length = cfg.data.max_prefix_len + cfg.sip.suffix_len
+        self.eod_id = _eod_id(cfg)
+        self.sampler = StepSampler(cfg, ctx, eod_id=self.eod_id)
 
     def run(self, *, step: int, consumed_samples: int) -> StepOutcome:
+        from megatron_sip.data.collate import collate_sip
+
         cfg, ctx = self.cfg, self.ctx
-        micro_batches = [b.to(ctx.device) for b in synthetic_micro_batches(
-            seed=cfg.data.seed, step=step - 1, global_batch_size=cfg.train.global_batch_size,
-            micro_batch_size=cfg.train.micro_batch_size, dp_rank=ctx.dp_rank, dp_size=ctx.dp_size,
-            seq_length=self.seq_length, vocab_size=cfg.model.vocab_size)]
+        _, samples = self.sampler.samples(consumed_samples)
+        mbs = cfg.train.micro_batch_size
+        micro_batches = []
+        for first in range(0, len(samples), mbs):
+            batch = collate_sip(samples[first:first + mbs], pad_id=self.eod_id or 0, seq_length=self.seq_length)
+            micro_batches.append(TokenBatch(batch.suffix.tokens_BS, batch.suffix.labels_BS,
+                                            batch.lm_loss_mask_BS).to(ctx.device))
         result = train_step(self.state, ctx, micro_batches, forward_step=nll_forward_step,
                             seq_length=self.seq_length, micro_batch_size=cfg.train.micro_batch_size,
                             report_keys=("nll",), loss_key="nll")
         return StepOutcome(loss=result.loss, grad_norm=result.grad_norm, update_applied=result.update_applied,
-                           samples=cfg.train.global_batch_size, tokens=int(result.reports["nll"][1]))
+                           samples=cfg.train.global_batch_size, tokens=int(result.reports["nll"][1]),
+                           trained=result.trained)
 
     def checkpoint_modules(self) -> Dict[str, Any]:
         return {"model": self.state.model[0].module}
@@ -62,3 +73,12 @@ class NllStep:
 
     def close(self) -> None:
         pass
+
+
+def _eod_id(cfg: Config):
+    """The corpus's end-of-document id; synthetic documents (no data.paths) have none."""
+    if not cfg.data.paths:
+        return None
+    from megatron_sip.data.codec import load_codec
+
+    return load_codec(cfg.data.tokenizer, cfg.data.eod_token).eod_id

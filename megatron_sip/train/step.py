@@ -4,6 +4,7 @@ loss functions reported into global numbers for logging."""
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, Callable, Dict, List, Sequence
@@ -25,6 +26,10 @@ class StepResult:
     """Global mean of the `loss_key` report (NaN when nothing was trained on)."""
     grad_norm: float
     update_applied: bool
+    fwd_bwd_s: float = 0.0
+    optimizer_s: float = 0.0
+    trained: bool = True
+    """False when the loss had nothing to count (every prefix skipped)."""
 
 
 @dataclass(frozen=True)
@@ -39,6 +44,8 @@ class StepOutcome:
     tokens: int
     """Tokens trained on, over all DP ranks (for tokens/s)."""
     metrics: Dict[str, Any] = field(default_factory=dict)
+    trained: bool = True
+    """False when nothing was trained on (not a non-finite loss)."""
 
 
 def nll_forward_step(data_iterator: Any, model: Any):
@@ -56,6 +63,7 @@ def train_step(state: TrainState, ctx: ParallelContext, micro_batches: Sequence[
     from megatron.core.pipeline_parallel import get_forward_backward_func
 
     state.scheduler.step(increment=1)  # a skipped update still counts as a step of the schedule
+    started = time.perf_counter()
     for chunk in state.model:
         chunk.zero_grad_buffer()
     state.optimizer.zero_grad()
@@ -69,14 +77,18 @@ def train_step(state: TrainState, ctx: ParallelContext, micro_batches: Sequence[
         forward_only=False,
     )
     reports = reduce_reports(reported, ctx, report_keys)
+    fwd_bwd_s = time.perf_counter() - started
     total, count = reports[loss_key]
     loss = total / count if count else float("nan")
-    if count and not math.isfinite(loss):
+    if not count or not math.isfinite(loss):
+        # Nothing to learn from (every prefix skipped), or a NaN/inf loss: drop the gradients.
         for chunk in state.model:
             chunk.zero_grad_buffer()
-        return StepResult(reports, loss, float("nan"), False)
+        return StepResult(reports, loss, float("nan"), False, fwd_bwd_s, trained=bool(count))
+    started = time.perf_counter()
     update_applied, grad_norm, _ = state.optimizer.step()
-    return StepResult(reports, loss, float(grad_norm or 0.0), bool(update_applied))
+    return StepResult(reports, loss, float(grad_norm or 0.0), bool(update_applied), fwd_bwd_s,
+                      time.perf_counter() - started)
 
 
 def forward_only(model: List[Any], micro_batches: Sequence[Any], *, forward_step: Callable,
