@@ -51,10 +51,19 @@ class SIPConfig:
     """Groups with failed or all-tied judgments: skip, nll_on_suffix or nll_on_rewrite."""
     overlap_judging: bool = False
     """Judge step t+1's candidates while step t trains (rollouts one step stale)."""
+    logprobs_impl: str = "fused"
+    """Token log-probs: fused (megatron_sip.kernels, no [tokens, vocab] logits, loss positions
+    only) or megatron (GPTModel's vocab-parallel cross-entropy over full logits)."""
+    logprobs_backend: str = "auto"
+    """Fused kernel engine: auto (Triton on GPU, torch on CPU), torch or triton."""
+    reference_fp8: bool = False
+    """Reference-model log-probs with the FP8 (e4m3) forward kernel (GPU; see docs/kernels.md)."""
 
     def __post_init__(self) -> None:
         check_choice("sip", self, "objective", OBJECTIVES)
         check_choice("sip", self, "on_judge_failure", ON_JUDGE_FAILURE)
+        check_choice("sip", self, "logprobs_impl", ("fused", "megatron"))
+        check_choice("sip", self, "logprobs_backend", ("auto", "torch", "triton"))
         check_positive("sip", self, "suffix_len", "temperature", "dpo_beta")
         for name in self.candidates:
             if name not in CANDIDATE_TYPES:

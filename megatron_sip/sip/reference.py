@@ -14,14 +14,16 @@ import torch
 from megatron_sip.config import Config
 from megatron_sip.loss import sequence_logprobs
 from megatron_sip.model.build import build_gpt_model, transformer_config
+from megatron_sip.model.logprob_head import LogprobHead
 from megatron_sip.parallel import ParallelContext
 from megatron_sip.sip.batching import SIPMicroBatch
 from megatron_sip.train.step import forward_only
 
 
 class ReferenceModel:
-    def __init__(self, cfg: Config, ctx: ParallelContext, policy: Any) -> None:
+    def __init__(self, cfg: Config, ctx: ParallelContext, policy: Any, *, head: LogprobHead) -> None:
         self.ctx = ctx
+        self.head = head
         # Its own TransformerConfig: the policy's carries the training schedule's hooks.
         self.module = build_gpt_model(cfg.model, pre_process=ctx.is_first_stage, post_process=ctx.is_last_stage,
                                       config=transformer_config(cfg.model))
@@ -38,7 +40,7 @@ class ReferenceModel:
         """[B, R] reference log-probs of each micro-batch's rows (zeros off the last stage, where
         no loss is computed)."""
         rows = micro_batches[0].tokens_NS.shape[0]
-        reported = forward_only([self.module], micro_batches, forward_step=_reference_forward_step,
+        reported = forward_only([self.module], micro_batches, forward_step=partial(_reference_forward_step, self.head),
                                 seq_length=seq_length, micro_batch_size=rows)
         if not self.ctx.is_last_stage:
             return [torch.zeros(mb.mode_B.shape[0], mb.rows_per_prefix, device=mb.tokens_NS.device)
@@ -47,9 +49,9 @@ class ReferenceModel:
                 for report, mb in zip(reported, micro_batches)]
 
 
-def _reference_forward_step(data_iterator: Any, model: Any):
+def _reference_forward_step(head: LogprobHead, data_iterator: Any, model: Any):
     batch: SIPMicroBatch = next(data_iterator)
-    token_nll_NS = model(batch.tokens_NS, batch.position_ids_NS, None, labels=batch.labels_NS)
+    token_nll_NS = head(model, batch.tokens_NS, batch.position_ids_NS, batch.labels_NS, batch.loss_mask_NS)
     return token_nll_NS, partial(_logprob_report, batch.loss_mask_NS)
 
 

@@ -25,6 +25,7 @@ from megatron_sip.sip.batching import SIPMicroBatch, build_micro_batches
 from megatron_sip.sip.candidates import build_candidate_sets
 from megatron_sip.sip.judging import KINDS, PendingJudgment, ReplicaJudge
 from megatron_sip.sip.sampling import StepSampler
+from megatron_sip.train.objectives import logprob_head
 from megatron_sip.train.setup import TrainState
 from megatron_sip.train.step import StepOutcome, mean_of, train_step
 
@@ -39,13 +40,15 @@ class SIPStep:
         self.codec = load_codec(cfg.data.tokenizer, cfg.data.eod_token)
         self.seq_length = cfg.data.max_prefix_len + cfg.sip.suffix_len
         self.rows_per_prefix = 2 if cfg.sip.objective == "dpo" else 1
+        self.head = logprob_head(cfg, ctx)
         self.sampler = StepSampler(cfg, ctx, eod_id=self.codec.eod_id)
         self.rollouts = _build_rollouts(cfg, ctx, state, self.codec.eod_id)
         self.reference = None
         if cfg.sip.objective == "dpo":
             from megatron_sip.sip.reference import ReferenceModel
 
-            self.reference = ReferenceModel(cfg, ctx, state.model[0].module)
+            self.reference = ReferenceModel(cfg, ctx, state.model[0].module,
+                                            head=logprob_head(cfg, ctx, fp8=cfg.sip.reference_fp8))
         self.judge = ReplicaJudge(cfg, ctx, self.codec)
         self._pending: Dict[int, PendingJudgment] = {}
 
@@ -96,7 +99,7 @@ class SIPStep:
 
     def _forward_step(self, data_iterator: Any, model: Any):
         batch: SIPMicroBatch = next(data_iterator)
-        token_nll_NS = model(batch.tokens_NS, batch.position_ids_NS, None, labels=batch.labels_NS)
+        token_nll_NS = self.head(model, batch.tokens_NS, batch.position_ids_NS, batch.labels_NS, batch.loss_mask_NS)
         sip = self.cfg.sip
         return token_nll_NS, partial(sip_loss, batch.mode_B, batch.loss_mask_BRS, batch.ref_logprobs_BR,
                                      objective=sip.objective, beta=sip.dpo_beta, nll_weight=sip.nll_weight)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any, Dict, Protocol
 
 from megatron_sip.config import Config
+from megatron_sip.model.logprob_head import LogprobHead
 from megatron_sip.parallel import ParallelContext
 from megatron_sip.train.batch import TokenBatch
 from megatron_sip.train.setup import TrainState
@@ -43,6 +45,7 @@ class NllStep:
         self.seq_length = cfg.data.max_prefix_len + cfg.sip.suffix_len
         self.eod_id = _eod_id(cfg)
         self.sampler = StepSampler(cfg, ctx, eod_id=self.eod_id)
+        self.head = logprob_head(cfg, ctx)
 
     def run(self, *, step: int, consumed_samples: int) -> StepOutcome:
         from megatron_sip.data.collate import collate_sip
@@ -55,7 +58,7 @@ class NllStep:
             batch = collate_sip(samples[first:first + mbs], pad_id=self.eod_id or 0, seq_length=self.seq_length)
             micro_batches.append(TokenBatch(batch.suffix.tokens_BS, batch.suffix.labels_BS,
                                             batch.lm_loss_mask_BS).to(ctx.device))
-        result = train_step(self.state, ctx, micro_batches, forward_step=nll_forward_step,
+        result = train_step(self.state, ctx, micro_batches, forward_step=partial(nll_forward_step, self.head),
                             seq_length=self.seq_length, micro_batch_size=cfg.train.micro_batch_size,
                             report_keys=("nll",), loss_key="nll")
         return StepOutcome(loss=result.loss, grad_norm=result.grad_norm, update_applied=result.update_applied,
@@ -82,3 +85,7 @@ def _eod_id(cfg: Config):
     from megatron_sip.data.codec import load_codec
 
     return load_codec(cfg.data.tokenizer, cfg.data.eod_token).eod_id
+
+
+def logprob_head(cfg: Config, ctx: ParallelContext, *, fp8: bool = False) -> LogprobHead:
+    return LogprobHead(impl=cfg.sip.logprobs_impl, tp_group=ctx.tp_group, backend=cfg.sip.logprobs_backend, fp8=fp8)

@@ -13,6 +13,7 @@ import torch
 import torch.distributed as dist
 
 from megatron_sip.loss import masked_nll
+from megatron_sip.model.logprob_head import LogprobHead
 from megatron_sip.parallel import ParallelContext
 from megatron_sip.train.batch import TokenBatch
 from megatron_sip.train.setup import TrainState
@@ -48,10 +49,10 @@ class StepOutcome:
     """False when nothing was trained on (not a non-finite loss)."""
 
 
-def nll_forward_step(data_iterator: Any, model: Any):
-    """Megatron forward step for plain next-token training."""
+def nll_forward_step(head: LogprobHead, data_iterator: Any, model: Any):
+    """Megatron forward step for plain next-token training (bind `head` with functools.partial)."""
     batch: TokenBatch = next(data_iterator)
-    token_nll_BS = model(batch.tokens_BS, batch.position_ids_BS, None, labels=batch.labels_BS)
+    token_nll_BS = head(model, batch.tokens_BS, batch.position_ids_BS, batch.labels_BS, batch.loss_mask_BS)
     return token_nll_BS, partial(masked_nll, batch.loss_mask_BS)
 
 
