@@ -35,6 +35,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    from megatron_sip.compat import quiet_optional_dependency_warnings
+
+    quiet_optional_dependency_warnings()
     args = build_parser().parse_args(argv)
     try:
         return int(args._module.run(args) or 0)

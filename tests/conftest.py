@@ -26,3 +26,17 @@ def pytest_configure(config: pytest.Config) -> None:
 @pytest.fixture
 def repo_root() -> Path:
     return REPO_ROOT
+
+
+@pytest.fixture(scope="session")
+def demo_data(tmp_path_factory) -> dict:
+    """The demo corpus (examples/data) preprocessed once per test session: prefixes by split."""
+    from tests.launch import run_cli
+
+    out = tmp_path_factory.mktemp("demo_data")
+    prefixes = {}
+    for split in ("train", "heldout"):
+        prefixes[split] = str(out / split)
+        run_cli(["preprocess", "--input", str(REPO_ROOT / "examples" / "data" / f"{split}.jsonl"),
+                 "--output-prefix", prefixes[split]])
+    return prefixes

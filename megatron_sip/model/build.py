@@ -14,8 +14,10 @@ import torch
 import torch.nn.functional as F
 
 from megatron_sip.errors import ConfigError
+from megatron_sip.logging_utils import get_logger
 from megatron_sip.model.config import ModelConfig
 
+_log = get_logger(__name__)
 _ACTIVATIONS = {
     "silu": F.silu,
     "gelu": F.gelu,
@@ -92,8 +94,10 @@ def layer_spec(cfg: ModelConfig) -> Any:
     from megatron.core.models.gpt import gpt_layer_specs
 
     if use_transformer_engine(cfg):
+        _log.info("layer spec: Transformer Engine")
         return gpt_layer_specs.get_gpt_layer_with_transformer_engine_spec(
             qk_layernorm=bool(cfg.transformer_overrides.get("qk_layernorm", False)))
+    _log.info("layer spec: Megatron-Core local (torch) layers")
     return gpt_layer_specs.get_gpt_layer_local_spec(
         normalization=cfg.normalization, qk_layernorm=bool(cfg.transformer_overrides.get("qk_layernorm", False)))
 
