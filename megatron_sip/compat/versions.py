@@ -1,8 +1,8 @@
 """Installed Megatron-Core version, and the few API differences we bridge.
 
 Known differences between 0.16.1 and 0.19.x that touch this project:
-- 0.17 reworked the inference API (engines, contexts); rollouts use the static KV-cache context,
-  whose constructor arguments are adapted in `megatron_sip.rollout`.
+- 0.17 reworked the inference API (engines, contexts, a global inference-mode flag); rollouts
+  drive the static KV-cache context, adapted in `megatron_sip/rollout/mcore.py`.
 - 0.18+ imports `triton` at import time without declaring it: containers have it; CPU
   environments must install it.
 """
