@@ -55,3 +55,35 @@ def load_tokenizer(spec: str):
     if path.is_file() and path.suffix == _GGUF_SUFFIX:
         return AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
     return AutoTokenizer.from_pretrained(str(path))
+
+
+def load_causal_lm(spec: str):
+    """(model, tokenizer) from `embedded`, a local .gguf file or a local Hugging Face model
+    directory, on CPU in float32, in eval mode; loaded offline."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # the GGUF de-quantization bar floods logs and test output
+    if spec == EMBEDDED_NAME:
+        path = embedded_gguf_path()
+    else:
+        path = Path(spec).expanduser()
+        if not path.exists():
+            raise FileNotFoundError(f"model '{spec}' is neither 'embedded' nor an existing local path")
+    if path.is_file():
+        if path.suffix != _GGUF_SUFFIX:
+            raise FileNotFoundError(f"model '{spec}': a file must be a {_GGUF_SUFFIX} file; "
+                                    "otherwise give a Hugging Face model directory")
+        where, extra = str(path.parent), {"gguf_file": path.name}
+    else:
+        where, extra = str(path), {}
+    tokenizer = AutoTokenizer.from_pretrained(where, **extra)
+    model = AutoModelForCausalLM.from_pretrained(where, dtype=torch.float32, **extra)
+    model.eval()
+    return model, tokenizer
+
+
+def load_embedded_model():
+    """(model, tokenizer) of the embedded SmolLM2-135M-Instruct (~15 s on CPU)."""
+    return load_causal_lm(EMBEDDED_NAME)

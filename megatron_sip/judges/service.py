@@ -1,0 +1,53 @@
+"""`JudgeService`: the synchronous face of `AsyncJudge` for the trainer and the CLI.
+
+    with JudgeService.open(cfg.judge) as judge:
+        future = judge.submit(groups)        # judging runs on the service's own loop thread
+        ...train the current step...
+        results = future.result()            # List[GroupResult], one per group
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+from typing import List, Optional, Sequence
+
+from megatron_sip.judges.config import JudgeConfig
+from megatron_sip.judges.judge import AsyncJudge
+from megatron_sip.judges.loop_thread import LoopThread
+from megatron_sip.judges.types import GroupResult, JudgeGroup
+
+
+class JudgeService:
+    def __init__(self, judge: AsyncJudge, loop: LoopThread) -> None:
+        self._judge = judge
+        self._loop = loop
+
+    @classmethod
+    def open(cls, cfg: JudgeConfig) -> "JudgeService":
+        """Connect (health-gated) or load the judge; raises JudgeUnavailableError or ConfigError."""
+        loop = LoopThread()
+        try:
+            judge = loop.run(AsyncJudge.open(cfg))
+        except BaseException:
+            loop.close()
+            raise
+        return cls(judge, loop)
+
+    def judge(self, groups: Sequence[JudgeGroup], *, deadline_s: Optional[float] = None) -> List[GroupResult]:
+        return self.submit(groups, deadline_s=deadline_s).result()
+
+    def submit(self, groups: Sequence[JudgeGroup], *,
+               deadline_s: Optional[float] = None) -> "concurrent.futures.Future[List[GroupResult]]":
+        return self._loop.submit(self._judge.judge(list(groups), deadline_s=deadline_s))
+
+    def close(self) -> None:
+        try:
+            self._loop.run(self._judge.aclose())
+        finally:
+            self._loop.close()
+
+    def __enter__(self) -> "JudgeService":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()

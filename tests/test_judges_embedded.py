@@ -1,0 +1,30 @@
+"""The in-process `embedded` backend: the same SmolLM2 without HTTP, shared by judge and rewriter."""
+
+from __future__ import annotations
+
+import pytest
+
+from megatron_sip.embedded import EmbeddedModelMissing, embedded_gguf_path
+from megatron_sip.judges.config import JudgeConfig, RewriterConfig
+from megatron_sip.judges.rewriter import Rewriter
+from megatron_sip.judges.service import JudgeService
+from megatron_sip.judges.types import Candidate, JudgeGroup, RewriteRequest
+
+pytestmark = pytest.mark.slow
+
+
+def test_embedded_judge_and_rewriter_in_process():
+    try:
+        embedded_gguf_path()
+    except EmbeddedModelMissing as exc:
+        pytest.skip(str(exc))
+    cfg = JudgeConfig(backend="embedded", criteria=["quality"], max_tokens=6, batch_deadline_s=300)
+    group = JudgeGroup("Water boils at", (Candidate(" 100 degrees Celsius.", "suffix"), Candidate(" the moon.")))
+    with JudgeService.open(cfg) as judge:
+        [result] = judge.judge([group])
+    assert result.num_calls == 2 and len(result.rewards) == 2
+    assert all(v is None or 0.0 <= v <= 1.0 for v in result.scores["quality"])
+    with Rewriter.open(RewriterConfig(backend="embedded", max_tokens_extra=2)) as rewriter:
+        [rewrite] = rewriter.rewrite_batch([RewriteRequest("Water boils at", " 50 degrees.", 4)])
+    assert rewrite is None or isinstance(rewrite, str)
+    assert rewriter.stats.num_requests == 1
