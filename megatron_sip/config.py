@@ -16,6 +16,7 @@ from typing import Any, List, Optional, Sequence
 
 from megatron_sip.data.config import DataConfig
 from megatron_sip.errors import ConfigError, check_choice, check_positive
+from megatron_sip.evaluate.config import EvalConfig
 from megatron_sip.judges.config import JudgeConfig, RewriterConfig
 from megatron_sip.model.config import ModelConfig
 
@@ -146,6 +147,8 @@ class Config:
     rewriter: RewriterConfig = field(default_factory=RewriterConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     run: RunConfig = field(default_factory=RunConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    """Evaluation (megatron-sip evaluate; see docs/evaluate.md)."""
     defaults: List[str] = field(default_factory=list)
     """Files this one inherits from (already merged; kept for the record)."""
 

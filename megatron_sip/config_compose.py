@@ -9,6 +9,7 @@ import yaml
 from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
+from megatron_sip.config_nemo import translate_layer, translate_overrides
 from megatron_sip.errors import ConfigError
 
 _DEFAULTS_KEY = "defaults"
@@ -16,6 +17,7 @@ _DEFAULTS_KEY = "defaults"
 
 def compose(schema: Type, path: Optional[str | Path], overrides: Sequence[str]) -> Any:
     cfg = OmegaConf.structured(schema)
+    overrides = translate_overrides(overrides)
     for layer in _file_layers(Path(path), chain=()) if path is not None else []:
         cfg = _merge(cfg, layer.data, origin=str(layer.path))
     for override in _parse_overrides(overrides):
@@ -46,6 +48,7 @@ def _file_layers(path: Path, chain: tuple) -> List[_Layer]:
     if not isinstance(data, dict):
         raise ConfigError(str(path), "a config file must hold a mapping at top level")
     parents = data.pop(_DEFAULTS_KEY, None) or []
+    data = translate_layer(data, origin=str(path))  # NeMo / Megatron-Bridge spellings -> ours
     if isinstance(parents, str):
         parents = [parents]
     if not isinstance(parents, list) or not all(isinstance(p, str) for p in parents):

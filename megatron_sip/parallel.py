@@ -98,10 +98,11 @@ def init_parallel(model_cfg: ModelConfig, *, seed: int, timeout_minutes: int = 1
     if use_cuda:
         torch.cuda.set_device(env.local_rank)
     if not dist.is_initialized():
-        os.environ.setdefault("MASTER_ADDR", env.master_addr)
-        os.environ.setdefault("MASTER_PORT", str(env.master_port))
+        # An explicit init_method rather than MASTER_* in os.environ, which processes this one
+        # starts later would inherit.
         dist.init_process_group(
             backend="nccl" if use_cuda else "gloo",
+            init_method=f"tcp://{env.master_addr}:{env.master_port}",
             rank=env.rank,
             world_size=env.world_size,
             timeout=datetime.timedelta(minutes=timeout_minutes),

@@ -10,7 +10,7 @@ from megatron_sip.config import Config, load_config, to_yaml
 from megatron_sip.errors import ConfigError
 
 EXAMPLES = sorted((Path(__file__).resolve().parents[1] / "examples").rglob("*.yaml"))
-SIP_CONFIGS = [p for p in EXAMPLES if "data" not in p.parts and "serve" not in p.name]
+SIP_CONFIGS = [p for p in EXAMPLES if "serve" not in p.parts and p.parent.name != "base"]
 
 
 @pytest.mark.parametrize("path", SIP_CONFIGS, ids=lambda p: p.name)

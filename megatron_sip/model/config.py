@@ -79,6 +79,9 @@ class ModelConfig:
     """Pipeline-parallel size (PP)."""
     sequence_parallel: bool = False
     """Megatron sequence parallelism (needs TP > 1 and Transformer Engine or Apex: GPU only)."""
+    init_checkpoint: Optional[str] = None
+    """Weights to start from: a `megatron-sip convert hf-to-megatron` folder or a run's
+    checkpoints/step_N (any TP/PP layout); null = random init. --resume takes precedence."""
     transformer_overrides: Dict[str, Any] = field(default_factory=dict)
     """Extra `TransformerConfig` fields by name, e.g. +model.transformer_overrides.qk_layernorm=true."""
 

@@ -29,6 +29,11 @@ def build_train_state(cfg: Config, ctx: ParallelContext) -> TrainState:
     tconfig = transformer_config(cfg.model)
     model = build_gpt_model(cfg.model, pre_process=ctx.is_first_stage, post_process=ctx.is_last_stage, config=tconfig)
     init_layout_invariant(model, cfg.model, seed=cfg.train.seed, tp_rank=ctx.tp_rank, tp_size=ctx.tp_size)
+    if cfg.model.init_checkpoint:
+        # Before the optimizer: Megatron's mixed-precision optimizer copies the parameters.
+        from megatron_sip.model.convert_hf import load_megatron_weights
+
+        load_megatron_weights(model, cfg.model.init_checkpoint)
     ddp_config = DistributedDataParallelConfig(grad_reduce_in_fp32=True, overlap_grad_reduce=False,
                                                use_distributed_optimizer=False)
     ddp_model = DistributedDataParallel(tconfig, ddp_config, model)
