@@ -44,7 +44,7 @@ test-compat: $(COMPAT_STAMP)
 	$(COMPAT_VENV)/bin/python -m pytest -q -m "compat or not slow" $(PYTEST_ARGS)
 
 demo: install
-	$(PY) -m megatron_sip train --config examples/tiny_cpu.yaml sip.objective=nll run.output_dir=runs/demo
+	$(PY) -m megatron_sip demo --output-dir runs/demo
 
 clean:
 	rm -rf $(VENV) $(COMPAT_VENV) runs
