@@ -49,13 +49,9 @@ PAGE_BYTES = os.sysconf("SC_PAGE_SIZE")
 
 
 def make_inputs(args: argparse.Namespace):
-    gen = torch.Generator().manual_seed(0)
-    hidden_TH = torch.randn(args.tokens, args.hidden, generator=gen).requires_grad_()
-    # Logits with a standard deviation of about 3, as a trained LM head gives.
-    weight_VH = (torch.randn(args.vocab, args.hidden, generator=gen) * (3.0 / args.hidden**0.5)).requires_grad_()
-    targets_T = torch.randint(0, args.vocab, (args.tokens,), generator=gen)
-    grad_T = torch.randn(args.tokens, generator=gen)
-    return hidden_TH, weight_VH, targets_T, grad_T
+    """Random fp32 inputs (logits spread by ~3 nats, as a trained LM head gives) with grad."""
+    inputs = random_inputs(args.tokens, args.vocab, args.hidden, seed=0)
+    return inputs._replace(hidden_TH=inputs.hidden_TH.requires_grad_(), weight_VH=inputs.weight_VH.requires_grad_())
 
 
 def run_variant(name: str, inputs, chunk_size) -> None:
@@ -151,7 +147,9 @@ def main() -> None:
     for name, result in memory.items():
         print(f"{name:6s} peak extra memory {result['peak_extra_bytes'] / 2**20:8.1f} MiB"
               f"{'' if result['peak_reset'] else ' (ru_maxrss fallback)'}")
+    load_before = os.getloadavg()[0]
     seconds = spawn(args, "--child", "time")
+    load = max(load_before, os.getloadavg()[0])
     for name, values in seconds.items():
         print(f"{name:10s} time median {statistics.median(values):6.2f} s  all " + " ".join(f"{v:.2f}" for v in values))
     memory_ratio = memory["fused"]["peak_extra_bytes"] / memory["naive"]["peak_extra_bytes"]
@@ -159,6 +157,9 @@ def main() -> None:
         clock: statistics.median(f / n for f, n in zip(seconds[f"fused {clock}"], seconds[f"naive {clock}"]))
         for clock in ("wall", "cpu")
     }
+    if load > 0.75 * (os.cpu_count() or 1):
+        print(f"note: load average {load:.1f} on {os.cpu_count()} cores while timing: other processes competed, "
+              "wall times are unreliable; trust cpu_time_ratio with --threads 1, or rerun when the machine is idle")
     print(f"memory_ratio={memory_ratio:.3f} time_ratio={ratios['wall']:.2f} cpu_time_ratio={ratios['cpu']:.2f}")
 
 

@@ -7,13 +7,14 @@ Forward (online log-sum-exp over chunks, as flash attention does over keys), wit
     z_BC = h'_BH @ W_CH^T
     m <- max(m, max_C z);  s <- s exp(m_old - m) + sum_C exp(z - m);  zexp likewise
     z_y = h'_t . W_y  (a gather and a row dot, not a column of the tile)
-Backward, given lse_T and the upstream gradient g_T of log p(y):
-    dz_BC = g (onehot(y) - exp(z - lse))
-    grad_W_C = dz^T @ h'          grad_h = (dz @ W) / tau
-The one-hot part is applied once, outside the tiles (a gather and an index_add); each tile only
-recomputes its logits and scales its softmax. Nothing of size T x V exists: the working set is a
-few B x C fp32 tiles plus the gradients themselves. Matmuls run in fp32 whatever the input dtype,
-so bf16 inputs accumulate in fp32 as the Triton kernels do.
+Backward, given lse_T and the upstream gradient g_T of log p(y): dz = g (onehot(y) - p) with
+p = exp(z - lse), and since -g p only scales rows,
+    grad_h = (g W_y - g (sum_C p_BC @ W_CH)) / tau      grad_W_C = onehot^T (g h') + p^T (-g h')
+Each tile recomputes its logits and turns them into p in place; -g scales grad_h's rows once at
+the end and is folded into h' for grad_W; the one-hot parts are a gather and an index_add outside
+the tiles. Nothing of size T x V exists: the working set is a few B x C fp32 tiles plus the
+gradients themselves. Matmuls run in fp32 whatever the input dtype, so bf16 inputs accumulate in
+fp32 as the Triton kernels do.
 """
 
 from __future__ import annotations
@@ -77,12 +78,15 @@ class TorchChunked:
         """
         num_tokens, vocab = hidden_TH.shape[0], weight_VH.shape[0]
         h_TH = _scaled_fp32(hidden_TH, temperature)
-        grad_h_TH = torch.zeros_like(h_TH)
+        # dz = g (onehot - p): the -g p part scales rows, so tiles hold only p = exp(z - lse) and
+        # -g goes into h' for grad_W (p^T (-g h')) and into grad_h's rows once, at the end.
+        neg_g_T1 = grad_T.neg().unsqueeze(1)
+        neg_gh_TH = h_TH * neg_g_T1
+        pw_TH = torch.zeros_like(h_TH)
         grad_w_VH = torch.empty_like(weight_VH) if with_weight_grad else None
         blocks = self._token_blocks(num_tokens, vocab)
         tiles = _Tiles(blocks[0][1] if blocks else 0, self.chunk_rows, h_TH.device)
         targets = _TargetRows(local_targets_T, grad_T, h_TH, vocab, self.chunk_rows) if with_weight_grad else None
-        neg_grad_T1 = grad_T.neg().unsqueeze(1)
         # With one token block and fp32 weights each chunk's gradient is written in place;
         # otherwise it is summed in an fp32 tile and rounded once.
         direct = len(blocks) == 1 and weight_VH.dtype == torch.float32
@@ -91,20 +95,21 @@ class TorchChunked:
             out_CH = None if grad_w_VH is None else grad_w_VH[v0 : v0 + self.chunk_rows]
             acc_CH = out_CH if direct or out_CH is None else torch.zeros_like(w_CH)
             for t0, t1 in blocks:
-                dz_BC = torch.mm(h_TH[t0:t1], w_CH.T, out=tiles.get(0, t1 - t0, w_CH.shape[0]))
-                dz_BC.sub_(lse_T[t0:t1, None]).exp_().mul_(neg_grad_T1[t0:t1])
-                grad_h_TH[t0:t1].addmm_(dz_BC, w_CH)
+                p_BC = torch.mm(h_TH[t0:t1], w_CH.T, out=tiles.get(0, t1 - t0, w_CH.shape[0]))
+                p_BC.sub_(lse_T[t0:t1, None]).exp_()
+                pw_TH[t0:t1].addmm_(p_BC, w_CH)
                 if acc_CH is None:
                     continue
                 if direct:
-                    torch.mm(dz_BC.T, h_TH[t0:t1], out=acc_CH)
+                    torch.mm(p_BC.T, neg_gh_TH[t0:t1], out=acc_CH)
                 else:
-                    acc_CH.addmm_(dz_BC.T, h_TH[t0:t1])
-            if acc_CH is None:
-                continue
-            targets.add_to_chunk(acc_CH, chunk, v0)
-            if acc_CH is not out_CH:
+                    acc_CH.addmm_(p_BC.T, neg_gh_TH[t0:t1])
+            if acc_CH is not None and not direct:
+                targets.add_to_chunk(acc_CH, chunk, v0)
                 out_CH.copy_(acc_CH)
+        if direct and targets is not None:
+            targets.add_to(grad_w_VH)
+        grad_h_TH = pw_TH.mul_(neg_g_T1)
         _add_onehot_grad_hidden(grad_h_TH, weight_VH, local_targets_T, grad_T)
         return grad_h_TH.mul_(1.0 / temperature), grad_w_VH
 
@@ -198,10 +203,11 @@ def _add_onehot_grad_hidden(
 
 
 class _TargetRows:
-    """The onehot(y) part of dz for grad_W (grad_W[y_t] += g_t h'_t), handed out chunk by chunk.
+    """The onehot(y) part of dz for grad_W: grad_W[y_t] += g_t h'_t.
 
-    Tokens are sorted by target row once, so each chunk adds its rows with one index_add_ into its
-    fp32 accumulator, before the single rounding to the weight's dtype.
+    Added at once (fp32 weights, add_to), or chunk by chunk into each chunk's fp32 accumulator
+    before its single rounding to the weight's dtype (add_to_chunk); for that, tokens are sorted
+    by target row once.
     """
 
     def __init__(
@@ -212,6 +218,10 @@ class _TargetRows:
         self.values_NH = (h_TH * grad_T.unsqueeze(1))[order_T]
         starts = torch.arange(0, vocab + chunk_rows, chunk_rows, device=local_targets_T.device).clamp(max=vocab)
         self.bounds = torch.searchsorted(self.rows_N, starts).tolist()  # one host sync for all chunks
+
+    def add_to(self, grad_w_VH: torch.Tensor) -> None:
+        lo = self.bounds[0]
+        grad_w_VH.index_add_(0, self.rows_N[lo:], self.values_NH[lo:])
 
     def add_to_chunk(self, acc_CH: torch.Tensor, chunk: int, row_start: int) -> None:
         lo, hi = self.bounds[chunk], self.bounds[chunk + 1]
