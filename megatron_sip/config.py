@@ -9,10 +9,9 @@ default). Every problem is a `ConfigError` whose message starts with the key or 
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, List, Optional, Sequence
+from typing import List, Optional, Sequence
 
 from megatron_sip.data.config import DataConfig
 from megatron_sip.errors import ConfigError, check_choice, check_positive
@@ -170,7 +169,3 @@ def to_yaml(cfg: Config) -> str:
     from omegaconf import OmegaConf
 
     return OmegaConf.to_yaml(OmegaConf.structured(cfg))
-
-
-def as_dict(cfg: Any) -> dict:
-    return dataclasses.asdict(cfg)

@@ -16,7 +16,6 @@ valid on this corpus.
 from __future__ import annotations
 
 import contextlib
-import os
 import re
 import subprocess
 import sys

@@ -71,3 +71,15 @@ def test_shard_cuts_like_megatron(stride: int, dim: int) -> None:
     if stride == 2 and dim == 0:
         gate, up = full.chunk(2, dim=0)
         assert torch.equal(_shard(full, param, 0, tp), torch.cat([gate[:3], up[:3]]))
+
+
+def test_tensorboard_without_its_package_names_the_key(tmp_path) -> None:
+    import importlib.util
+
+    from megatron_sip.errors import ConfigError
+    from megatron_sip.train.metrics import MetricsWriter
+
+    if importlib.util.find_spec("tensorboard") is not None:
+        pytest.skip("tensorboard is installed")
+    with pytest.raises(ConfigError, match="run.tensorboard"):
+        MetricsWriter(tmp_path, enabled=True, log_every=1, total_steps=1, tensorboard=True)

@@ -6,7 +6,6 @@ a valid verdict; killing it with SIGKILL is the fault being injected.
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import time

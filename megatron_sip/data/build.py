@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional
 
 import torch

@@ -16,7 +16,6 @@ import time
 from functools import partial
 from typing import Any, Dict, List, Optional
 
-import numpy as np
 
 from megatron_sip.config import Config
 from megatron_sip.loss import sip_loss

@@ -8,6 +8,7 @@ import math
 from pathlib import Path
 from typing import Any, Dict, Optional
 
+from megatron_sip.errors import ConfigError
 from megatron_sip.logging_utils import get_logger
 
 _log = get_logger(__name__)
@@ -27,9 +28,7 @@ class MetricsWriter:
             output_dir.mkdir(parents=True, exist_ok=True)
             self._file = self.path.open("a", encoding="utf-8")
             if tensorboard:
-                from torch.utils.tensorboard import SummaryWriter
-
-                self._tb = SummaryWriter(str(output_dir / "tensorboard"))
+                self._tb = _summary_writer(output_dir / "tensorboard")
 
     def write(self, record: Dict[str, Any]) -> None:
         if not self.enabled:
@@ -51,6 +50,14 @@ class MetricsWriter:
         if self._tb is not None:
             self._tb.close()
             self._tb = None
+
+
+def _summary_writer(directory: Path):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError as exc:  # torch's writer needs the separate `tensorboard` package
+        raise ConfigError("run.tensorboard", "needs the tensorboard package (pip install tensorboard)") from exc
+    return SummaryWriter(str(directory))
 
 
 def console_line(record: Dict[str, Any], total_steps: int) -> str:
