@@ -16,7 +16,6 @@ import time
 from functools import partial
 from typing import Any, Dict, List, Optional
 
-
 from megatron_sip.config import Config
 from megatron_sip.loss import sip_loss
 from megatron_sip.parallel import ParallelContext
