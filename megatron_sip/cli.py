@@ -11,7 +11,7 @@ import sys
 from typing import Dict, Optional, Sequence
 
 import megatron_sip.commands
-from megatron_sip.errors import ConfigError, InputError, TrainingError
+from megatron_sip.errors import ConfigError, InputError, TrainingError, UnavailableError
 
 _NOT_COMMANDS = {"common"}
 
@@ -41,7 +41,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args._module.run(args) or 0)
-    except (ConfigError, InputError, TrainingError, FileNotFoundError) as exc:
+    except (ConfigError, InputError, TrainingError, UnavailableError, FileNotFoundError) as exc:
         print(f"megatron-sip {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

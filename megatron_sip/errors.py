@@ -32,3 +32,8 @@ class InputError(ValueError):
 
 class TrainingError(RuntimeError):
     """Training cannot go on (e.g. too many non-finite losses); the message says what to change."""
+
+
+class UnavailableError(RuntimeError):
+    """A service the command needs (judge or rewriter endpoints) cannot be used; the message names
+    the endpoints and how to fix it."""

@@ -43,3 +43,11 @@ def test_help_lists_subcommands() -> None:
     assert done.returncode == 0
     for name in ("config", "train"):
         assert name in done.stdout
+
+
+def test_unreachable_judge_is_one_line_naming_the_endpoints() -> None:
+    done = _cli("train", "sip.objective=dpo", "judge.endpoints=[http://127.0.0.1:9]", "judge.health_timeout_s=1",
+                "train.steps=2", "train.lr_warmup_steps=1", "run.output_dir=/dev/null/unused")
+    assert done.returncode == 2, done.stderr[-2000:]
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("megatron-sip train: error: judge.endpoints") and "127.0.0.1:9" in last

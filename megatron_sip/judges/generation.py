@@ -11,8 +11,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import List, Mapping, Optional, Protocol, Sequence, Tuple
 
+from megatron_sip.errors import UnavailableError
 
-class JudgeUnavailableError(RuntimeError):
+
+class JudgeUnavailableError(UnavailableError):
     """No judge or rewriter endpoint can be used (none healthy at start, or a bad setup)."""
 
 
