@@ -20,8 +20,10 @@ from megatron_sip.parallel import ParallelContext
 from megatron_sip.train.checkpoint import CheckpointManager
 
 _TRAINER_FILE = "trainer_state.pt"
-_LAYOUT_FIELDS = ("tensor_model_parallel_size", "pipeline_model_parallel_size", "sequence_parallel")
-"""Model fields a checkpoint may differ in: the distributed checkpoint reshards between layouts."""
+_LAYOUT_FIELDS = ("tensor_model_parallel_size", "pipeline_model_parallel_size", "sequence_parallel",
+                  "init_checkpoint")
+"""Model fields a checkpoint may differ in: the distributed checkpoint reshards between layouts,
+and where a run's weights started from does not change its architecture."""
 
 
 @dataclass(frozen=True)
