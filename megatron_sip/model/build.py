@@ -121,3 +121,10 @@ def build_gpt_model(cfg: ModelConfig, *, pre_process: bool, post_process: bool, 
     if torch.cuda.is_available():
         model.cuda(torch.cuda.current_device())
     return model
+
+
+def unwrap_model(module: Any) -> Any:
+    """The GPTModel inside Megatron's DDP / Float16Module wrappers (each keeps it as `.module`)."""
+    while isinstance(getattr(module, "module", None), torch.nn.Module):
+        module = module.module
+    return module

@@ -18,6 +18,8 @@ from typing import Any, Iterator, NamedTuple, Optional
 
 import torch
 
+from megatron_sip.model.build import unwrap_model
+
 IGNORE_LABEL = -1
 """Labels below zero are not scored (their position's NLL is 0)."""
 
@@ -27,13 +29,6 @@ class _HiddenAndWeight(NamedTuple):
     weight_VH: torch.Tensor
 
 
-def unwrap(model: Any) -> Any:
-    """The GPTModel inside Megatron's DDP / Float16Module wrappers."""
-    while hasattr(model, "module"):
-        model = model.module
-    return model
-
-
 @contextlib.contextmanager
 def fused_logprob_head(model: Any, *, tp_group: Optional[Any], backend: str = "auto",
                        fp8: bool = False) -> Iterator[None]:
@@ -41,7 +36,7 @@ def fused_logprob_head(model: Any, *, tp_group: Optional[Any], backend: str = "a
     ([B, S], float32), 0 where L < 0. Only valid on the last pipeline stage's model chunk."""
     from megatron_sip.kernels import fused_linear_logprobs
 
-    gpt = unwrap(model)
+    gpt = unwrap_model(model)
     layer = getattr(gpt, "output_layer", None)
     if layer is None:  # not the last pipeline stage: the chunk returns hidden states anyway
         yield

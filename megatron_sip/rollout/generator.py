@@ -28,6 +28,7 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Union
 import numpy as np
 import torch
 
+from megatron_sip.model.build import unwrap_model
 from megatron_sip.parallel import ParallelContext
 from megatron_sip.rollout import mcore
 from megatron_sip.rollout.sampling import SamplingParams, prefix_uniforms, sample_next
@@ -81,13 +82,6 @@ class _PassOutput:
     tokens_BN: torch.Tensor
     logprobs_sampling_BN: torch.Tensor
     logprobs_model_BN: torch.Tensor
-
-
-def unwrap_model(module: Any) -> Any:
-    """The GPTModel inside Megatron's DDP / Float16Module wrappers (each keeps it as `.module`)."""
-    while isinstance(getattr(module, "module", None), torch.nn.Module):
-        module = module.module
-    return module
 
 
 def mask_through_first(tokens_BN: torch.Tensor, eod_id: Optional[int]) -> torch.Tensor:
