@@ -42,9 +42,6 @@ class DemoSettings:
     """Optimizer steps of each run (SIP and the baseline get the same budget)."""
     num_rollouts: int = 2
     num_eval_prefixes: int = 4
-    judge_max_tokens: int = 32
-    """Judge answers are cut here: SmolLM2 rarely reaches a decision line anyway, and every token
-    costs about a tenth of a second on 2 cores."""
     server_timeout_s: float = 300.0
 
 
@@ -124,9 +121,10 @@ def run_demo(settings: DemoSettings, overrides: Optional[List[str]] = None) -> P
     common = ["--config", str(DEMO_CONFIG), f"data.paths=[{data['train']}]", f"data.eval_paths=[{data['heldout']}]",
               f"train.steps={settings.steps}", "train.lr_warmup_steps=1", *(overrides or [])]
     with judge_server(out / "judge_server.log", settings.server_timeout_s) as url:
-        # Training judges safety only (pointwise: one call per candidate) to keep the demo short.
-        judge = ["judge.backend=openai", f"judge.endpoints=[{url}]", f"judge.max_tokens={settings.judge_max_tokens}",
-                 "judge.criteria=[safety]", "judge.temperature=0"]
+        # SmolLM2-135M rarely writes a reasoned decision line: it is asked for the label alone and
+        # read from its first token's log-probs (one token per call, and every call decides).
+        judge = ["judge.backend=openai", f"judge.endpoints=[{url}]", "judge.decision=direct", "judge.logprobs=true",
+                 "judge.top_logprobs=20", "judge.criteria=[quality,safety]"]
         _run("train SIP (online DPO, judged over HTTP)", _cli(
             "train", *common, *judge, "sip.objective=dpo", f"sip.num_rollouts={settings.num_rollouts}",
             "sip.candidates=[suffix,rollouts]", "sip.on_judge_failure=nll_on_suffix", f"run.output_dir={out / 'sip'}"))

@@ -28,3 +28,21 @@ def test_embedded_judge_and_rewriter_in_process():
         [rewrite] = rewriter.rewrite_batch([RewriteRequest("Water boils at", " 50 degrees.", 4)])
     assert rewrite is None or isinstance(rewrite, str)
     assert rewriter.stats.num_requests == 1
+
+
+def test_embedded_direct_judge_always_decides_and_is_reproducible():
+    """SmolLM2-135M rarely writes a reasoned decision line; asked for the label alone, every
+    judgment gets a vote from its first token, and the same group scores the same twice."""
+    try:
+        embedded_gguf_path()
+    except EmbeddedModelMissing as exc:
+        pytest.skip(str(exc))
+    cfg = JudgeConfig(backend="embedded", decision="direct", logprobs=True, top_logprobs=20,
+                      criteria=["quality", "safety", "factuality"], batch_deadline_s=300)
+    group = JudgeGroup("Water boils at", (Candidate(" 100 degrees Celsius at sea level.", "suffix"),
+                                          Candidate(" the moon, said the cat.")), reference=" 100 degrees.")
+    with JudgeService.open(cfg) as judge:
+        first, again = judge.judge([group, group])
+    assert first.num_calls == 2 + 2 + 2 and first.num_failed_judgments == 0
+    assert all(0.0 <= v <= 1.0 for values in first.scores.values() for v in values)
+    assert first.scores == again.scores

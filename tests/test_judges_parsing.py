@@ -8,8 +8,8 @@ import re
 import pytest
 
 from megatron_sip.judges.criteria import CRITERIA, Ask, PromptSet
-from megatron_sip.judges.generation import TokenLogprobs
-from megatron_sip.judges.parsing import foreign_lines, parse_label, soft_vote
+from megatron_sip.judges.generation import Choice, TokenLogprobs
+from megatron_sip.judges.parsing import direct_vote, foreign_lines, parse_label, soft_vote
 from megatron_sip.judges.prompts import neutralize
 
 QUALITY = CRITERIA["quality"].labels
@@ -87,3 +87,42 @@ def test_soft_vote_uses_the_decision_token_probabilities():
     assert soft_vote("1", QUALITY, None) == 1.0
     assert soft_vote("unsafe", SAFETY, (TokenLogprobs(" uns", math.log(0.6), {" safe": math.log(0.4)}),)) \
         == pytest.approx(0.4)
+
+
+def _first_token(token: str, probs: dict) -> Choice:
+    top = {t: math.log(p) for t, p in probs.items()}
+    return Choice(token, logprobs=(TokenLogprobs(token, top.get(token, math.log(1e-3)), top),))
+
+
+def test_direct_vote_reads_the_label_mass_of_the_first_token():
+    # "The" is no label; " Unsafe" and "un" both spell unsafe; "s" spells safe only.
+    choice = _first_token("The", {"The": 0.5, " Unsafe": 0.2, "un": 0.1, "s": 0.1, "Safety": 0.1})
+    assert direct_vote(choice, SAFETY, soft=True) == pytest.approx(0.1 / 0.4)
+    assert direct_vote(choice, SAFETY, soft=False) == 0.0
+    quality = _first_token(" 2", {" 2": 0.3, "1": 0.6, "12": 0.1})
+    assert direct_vote(quality, QUALITY, soft=True) == pytest.approx(0.6 / 0.9)
+    assert direct_vote(quality, QUALITY, soft=False) == 1.0
+    facts = _first_token("poss", {"poss": 0.5, " none": 0.25, "Definite": 0.25})
+    assert direct_vote(facts, FACTUALITY, soft=True) == pytest.approx(0.5 * 0.5 + 0.25 * 1.0)
+
+
+def test_direct_vote_without_labels_or_logprobs():
+    assert direct_vote(_first_token("The", {"The": 0.9, "A": 0.1}), SAFETY, soft=True) is None
+    assert direct_vote(Choice(" Unsafe."), SAFETY, soft=True) == 0.0  # no log-probs: the written word
+    assert direct_vote(Choice("Maybe safe"), SAFETY, soft=True) is None
+
+
+def test_direct_prompts_ask_for_the_label_alone():
+    prompts = PromptSet(["quality", "safety", "factuality"], prompt_dir=None, direct=True)
+    for ask in (Ask("quality", "p", ("a", "b")), Ask("safety", "p", ("a",)),
+                Ask("factuality", "p", ("a",), reference="ref")):
+        prompt = prompts.render(ask).prompt
+        assert "$" not in prompt and "FINAL DECISION" not in prompt
+        assert all(label in prompt.splitlines()[-1] for label in CRITERIA[ask.criterion].labels)
+
+
+def test_the_same_ask_renders_the_same_prompt():
+    prompts = PromptSet(["quality"], prompt_dir=None)
+    ask = Ask("quality", "Once upon a time", ("a", "b"))
+    assert prompts.render(ask) == prompts.render(ask)
+    assert prompts.render(ask).prompt != prompts.render(Ask("quality", "Once upon a time", ("a", "c"))).prompt

@@ -1,56 +1,27 @@
 """`megatron-sip serve --model embedded` as a real process over HTTP: the protocol, batching,
-the judge and the rewriter against it, and a clean SIGTERM shutdown. One server for the module."""
+the judge and the rewriter against it, and a clean SIGTERM shutdown (checked when the session's
+server stops, tests/conftest.py)."""
 
 from __future__ import annotations
 
 import asyncio
 import json
-import signal
-import subprocess
-import sys
-import time
 import urllib.error
 import urllib.request
 
 import pytest
 
-from megatron_sip.embedded import EmbeddedModelMissing, embedded_gguf_path
 from megatron_sip.judges.config import JudgeConfig, RewriterConfig
 from megatron_sip.judges.service import JudgeService
 from megatron_sip.judges.types import Candidate, JudgeGroup
-from tests.launch import REPO_ROOT, cli_env
 
 pytestmark = pytest.mark.slow
 
-START_TIMEOUT_S = 240
 
 
 @pytest.fixture(scope="module")
-def server_url(tmp_path_factory):
-    try:
-        embedded_gguf_path()
-    except EmbeddedModelMissing as exc:
-        pytest.skip(str(exc))
-    log = (tmp_path_factory.mktemp("serve") / "stderr.log").open("w")
-    process = subprocess.Popen([sys.executable, "-m", "megatron_sip", "serve", "--model", "embedded", "--port", "0",
-                                "--max-batch-size", "8"], cwd=REPO_ROOT, env=cli_env(), stdout=subprocess.PIPE,
-                               stderr=log, text=True)
-    url = None
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while url is None and time.monotonic() < deadline:
-        line = process.stdout.readline()
-        if not line:
-            break
-        if "ready at " in line:
-            url = line.split("ready at ")[1].split()[0]
-    if url is None:
-        process.kill()
-        pytest.fail(f"megatron-sip serve did not become ready; see {log.name}")
-    yield url
-    process.send_signal(signal.SIGTERM)
-    rest, _ = process.communicate(timeout=60)
-    log.close()
-    assert process.returncode == 0 and "stopped" in rest
+def server_url(embedded_judge_server: str) -> str:
+    return embedded_judge_server
 
 
 def post(url: str, path: str, body, *, raw: bool = False):

@@ -1,6 +1,9 @@
 """SIP training end to end on the demo corpus: online DPO and RF-NLL with rollouts, parallel
-layouts, and exact resume. The judge here is the programmatic `rules` backend (deterministic,
-in-process); the HTTP judge path has its own tests (tests/test_sip_judge_outage.py)."""
+layouts, and exact resume.
+
+The parallel layouts are judged by a real server over HTTP (`megatron-sip serve` with SmolLM2,
+asked for the label alone and read from its first token's log-probs: deterministic); the resume
+test uses the in-process `rules` judge. Judge outages: tests/test_sip_judge_outage.py."""
 
 from __future__ import annotations
 
@@ -22,10 +25,17 @@ def _sip_args(demo_data: dict, objective: str, out: Path, *extra: str) -> List[s
             f"train.steps={STEPS}", f"run.output_dir={out}", *extra]
 
 
+def _http_judge(url: str) -> List[str]:
+    # Safety only (one short prompt per candidate) keeps SmolLM2's work per step to ~2 s on 2 cores;
+    # its soft votes still rank every group. Quality over HTTP: tests/test_serve_embedded.py.
+    return ["judge.backend=openai", f"judge.endpoints=[{url}]", "judge.decision=direct", "judge.logprobs=true",
+            "judge.top_logprobs=20", "judge.criteria=[safety]", "judge.request_timeout_s=120"]
+
+
 @pytest.fixture(scope="module", params=["dpo", "rf_nll"])
-def single_rank(request, demo_data: dict, tmp_path_factory) -> tuple:
+def single_rank(request, demo_data: dict, embedded_judge_server: str, tmp_path_factory) -> tuple:
     out = tmp_path_factory.mktemp(f"sip_{request.param}")
-    run_cli(_sip_args(demo_data, request.param, out))
+    run_cli(_sip_args(demo_data, request.param, out, *_http_judge(embedded_judge_server)))
     return request.param, read_metrics(out)
 
 
@@ -48,15 +58,17 @@ def test_sip_step_reports_what_the_paper_watches(single_rank: tuple) -> None:
 @pytest.mark.slow
 @pytest.mark.parametrize("layout", ["model.tensor_model_parallel_size=2", "model.pipeline_model_parallel_size=2",
                                     "model.tensor_model_parallel_size=1"], ids=["tp2", "pp2", "dp2"])
-def test_two_ranks_reproduce_one(single_rank: tuple, layout: str, demo_data: dict, tmp_path: Path) -> None:
+def test_two_ranks_reproduce_one(single_rank: tuple, layout: str, demo_data: dict, embedded_judge_server: str,
+                                 tmp_path: Path) -> None:
     objective, reference = single_rank
-    run_cli(_sip_args(demo_data, objective, tmp_path, layout), nproc=2)
+    run_cli(_sip_args(demo_data, objective, tmp_path, *_http_judge(embedded_judge_server), layout), nproc=2)
     records = read_metrics(tmp_path)
     assert [r["step"] for r in records] == list(range(1, STEPS + 1))
     for one, two in zip(reference, records):
         assert abs(one["loss"] - two["loss"]) < 1e-4, (one["loss"], two["loss"])
         for key in ("rollout_chosen_rate", "suffix_chosen_rate", "groups_preference", "judge_calls"):
             assert one.get(key) == two.get(key), key
+        assert two["judge_failed_calls"] == 0 and two["groups_preference"] > 0
 
 
 @pytest.mark.slow

@@ -1,19 +1,33 @@
-"""Controlled experiment: does SIP (online DPO) lower the unsafe-continuation rate against the
-`nll` baseline with the same budget, judged by the programmatic `rules` judge?
+"""Controlled experiment: does SIP lower the rate of unsafe continuations after unsafe prefixes,
+against the `nll` baseline with the same budget? With the ablations the paper runs.
 
-The `rules` judge is exact on the demo corpus (its unsafe documents use only the words of
-examples/data/lexicon.txt), so a difference in the judged safety rate is a real difference in
-what the models write. The setting is small enough for 2 CPU cores:
+The `rules` judge and rewriter are exact on the demo corpus (its unsafe documents use only the
+words of examples/data/lexicon.txt, and only from `abuse_start_char` on), so a difference in the
+judged safety rate is a real difference in what the models write. Small enough for 2 CPU cores:
 
 1. pretrain a base model with `nll` on the demo corpus (shared by every arm);
-2. for each seed, continue from the base for the same number of steps with `dpo` (rules judge:
-   safety + quality, K rollouts + the original suffix as candidates) and with `nll`;
-3. evaluate every run on held-out prefixes with the rules judge (safety share of greedy
-   continuations; win rate of SIP against the baseline of the same seed).
+2. rewrite the suffix of every training sample the arms will see (`megatron-sip rewrite`, rules
+   rewriter: the suffix with the lexicon's words taken out);
+3. for each seed and arm, continue from the base for the same number of steps;
+4. evaluate every arm against the `nll` arm of its seed on the *unsafe* held-out prefixes (the
+   abusive part of each unsafe held-out document): safe share of the greedy continuations,
+   factuality, quality win rate, suffix NLL.
 
-    python examples/experiments/safety_rules.py [--seeds 1 2 3] [--base-steps 150] [--steps 30]
+Arms (`--arms`; `main` = nll dpo rf_nll, `ablations` = the rest, `all`):
+  nll        plain next-token training (the baseline)
+  dpo        online DPO: suffix + rewrite + 2 rollouts, judged on safety + quality (round robin)
+  rf_nll     reward-filtered NLL on the best of the same candidates
+  dpo_k0     dpo without rollouts (suffix vs rewrite only)
+  dpo_k1     dpo with 1 rollout
+  dpo_k4     dpo with 4 rollouts (round robin)
+  dpo_k4_pivot, dpo_k4_knockout    dpo_k4 with the pivot / our knockout schedule
+  self_sft   NLL on the policy's own rollout, no judge choice (one candidate: the verdict selects
+             nothing), the paper's collapse check
 
-Writes runs/experiments/safety_rules/summary.json and prints a table (mean and spread over seeds).
+    python examples/experiments/safety_rules.py [--seeds 1 2 3] [--arms main|ablations|all|NAME...]
+
+Finished runs and evaluations are reused, so an interrupted experiment continues. Writes
+runs/experiments/safety_rules/summary.json and prints one table (mean and spread over seeds).
 """
 
 from __future__ import annotations
@@ -23,10 +37,31 @@ import json
 import statistics
 import subprocess
 import sys
+import time
 from pathlib import Path
+from typing import Dict, List
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIG = REPO / "examples" / "data" / "demo.yaml"
+GLOBAL_BATCH = 8
+
+SIP = ["sip.objective=dpo", "sip.candidates=[suffix,rewrite,rollouts]", "sip.num_rollouts=2",
+       "judge.criteria=[safety,quality]", "sip.on_judge_failure=skip"]
+ARMS: Dict[str, List[str]] = {
+    "nll": ["sip.objective=nll"],
+    "dpo": SIP,
+    "rf_nll": [*SIP, "sip.objective=rf_nll"],
+    "dpo_k0": [*SIP, "sip.candidates=[suffix,rewrite]"],
+    "dpo_k1": [*SIP, "sip.num_rollouts=1"],
+    "dpo_k4": [*SIP, "sip.num_rollouts=4"],
+    "dpo_k4_pivot": [*SIP, "sip.num_rollouts=4", "judge.schedule=pivot"],
+    "dpo_k4_knockout": [*SIP, "sip.num_rollouts=4", "judge.schedule=knockout"],
+    "self_sft": ["sip.objective=rf_nll", "sip.candidates=[rollouts]", "sip.num_rollouts=1",
+                 "judge.criteria=[safety]", "sip.on_judge_failure=skip"],
+}
+GROUPS = {"main": ["nll", "dpo", "rf_nll"],
+          "ablations": ["nll", "dpo", "dpo_k0", "dpo_k1", "dpo_k4", "dpo_k4_pivot", "dpo_k4_knockout", "self_sft"]}
+GROUPS["all"] = list(ARMS)
 
 
 def cli(*args: str) -> None:
@@ -38,58 +73,120 @@ def latest_checkpoint(run: Path) -> Path:
     return run / "checkpoints" / (run / "checkpoints" / "latest").read_text().strip()
 
 
+def finished(run: Path) -> bool:
+    return (run / "checkpoints" / "latest").is_file()
+
+
+def unsafe_heldout(out: Path) -> Path:
+    """The abusive part of every unsafe held-out document: each prefix cut from it is unsafe."""
+    path = out / "data" / "heldout_unsafe.jsonl"
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        rows = [json.loads(line) for line in (REPO / "examples" / "data" / "heldout.jsonl").read_text().splitlines()]
+        with path.open("w") as f:
+            for row in rows:
+                if row["unsafe"]:
+                    f.write(json.dumps({"id": row["id"], "text": row["text"][row["abuse_start_char"]:]}) + "\n")
+    return path
+
+
+def arm_names(requested: List[str]) -> List[str]:
+    names: List[str] = []
+    for item in requested:
+        for name in GROUPS.get(item, [item]):
+            if name not in ARMS:
+                raise SystemExit(f"unknown arm '{name}' (arms: {', '.join(ARMS)}; groups: {', '.join(GROUPS)})")
+            if name not in names:
+                names.append(name)
+    return ["nll", *[n for n in names if n != "nll"]]  # every arm is evaluated against nll
+
+
+def training_means(run: Path) -> Dict[str, float]:
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    means = {}
+    for key in ("rollout_chosen_rate", "rewrite_chosen_rate", "suffix_chosen_rate", "dpo_accuracy"):
+        values = [r[key] for r in records if r.get(key) is not None]
+        if values:
+            means[key] = statistics.mean(values)
+    return means
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
+    parser.add_argument("--arms", nargs="+", default=["main"], help="main, ablations, all, or arm names")
     parser.add_argument("--base-steps", type=int, default=150)
     parser.add_argument("--steps", type=int, default=30)
-    parser.add_argument("--num-rollouts", type=int, default=2)
-    parser.add_argument("--eval-prefixes", type=int, default=64)
+    parser.add_argument("--eval-prefixes", type=int, default=60)
     parser.add_argument("--output-dir", default="runs/experiments/safety_rules")
     args = parser.parse_args()
+    arms = arm_names(args.arms)
     out = (REPO / args.output_dir).resolve()
-    data = {split: out / "data" / split for split in ("train", "heldout")}
+    sources = {"train": REPO / "examples" / "data" / "train.jsonl", "heldout_unsafe": unsafe_heldout(out)}
+    data = {split: out / "data" / split for split in sources}
     for split, prefix in data.items():
         if not Path(f"{prefix}.idx").is_file():
-            cli("preprocess", "--input", str(REPO / "examples" / "data" / f"{split}.jsonl"), "--output-prefix", str(prefix))
-    common = ["--config", str(CONFIG), f"data.paths=[{data['train']}]", f"data.eval_paths=[{data['heldout']}]",
-              "judge.backend=rules", "train.global_batch_size=8", "train.micro_batch_size=4"]
+            cli("preprocess", "--input", str(sources[split]), "--output-prefix", str(prefix))
+    common = ["--config", str(CONFIG), f"data.paths=[{data['train']}]", f"data.eval_paths=[{data['heldout_unsafe']}]",
+              "judge.backend=rules", "rewriter.backend=rules", f"train.global_batch_size={GLOBAL_BATCH}",
+              "train.micro_batch_size=4"]
+    started = time.perf_counter()
     base = out / "base"
-    if not (base / "checkpoints" / "latest").is_file():
+    if not finished(base):
         print(f"pretraining the base model ({args.base_steps} nll steps)", flush=True)
         cli("train", *common, "sip.objective=nll", f"train.steps={args.base_steps}", "train.lr_warmup_steps=10",
             f"run.output_dir={base}")
-    arms = {"dpo": ["sip.objective=dpo", f"sip.num_rollouts={args.num_rollouts}", "sip.candidates=[suffix,rollouts]",
-                    "judge.criteria=[safety,quality]", "sip.on_judge_failure=skip"],
-            "nll": ["sip.objective=nll"]}
-    results = {}
+    results: Dict[str, Dict[int, dict]] = {arm: {} for arm in arms}
     for seed in args.seeds:
-        for arm, overrides in arms.items():
+        seeded = [*common, f"train.seed={seed}", f"data.seed={seed}"]
+        # Rewrites of every sample this seed's arms train on (the store skips those it holds).
+        cli("rewrite", *seeded, "--count", str(args.steps * GLOBAL_BATCH), "--no-progress")
+        for arm in arms:
             run = out / f"{arm}_seed{seed}"
-            if not (run / "checkpoints" / "latest").is_file():
-                print(f"seed {seed}: training {arm} for {args.steps} steps from the base", flush=True)
-                cli("train", *common, *overrides, f"model.init_checkpoint={latest_checkpoint(base)}",
-                    f"train.seed={seed}", f"data.seed={seed}", f"train.steps={args.steps}", "train.lr=1e-3",
-                    "train.min_lr=1e-4", "train.lr_warmup_steps=2", f"run.output_dir={run}")
-        report_dir = out / f"eval_seed{seed}"
-        cli("evaluate", *common, "judge.criteria=[quality,safety,factuality]", "--checkpoint", str(out / f"dpo_seed{seed}"),
-            "--baseline", str(out / f"nll_seed{seed}"), "--output-dir", str(report_dir),
-            "--num-prefixes", str(args.eval_prefixes), "--seeds", "1", "--no-progress")
-        results[seed] = json.loads((report_dir / "report.json").read_text())
-    summary = {}
-    for metric in ("safety", "factuality", "nll"):
-        for model in ("checkpoint", "baseline"):
-            values = [r[metric][model] for r in results.values() if r[metric][model] is not None]
-            if values:
-                summary[f"{metric}_{'sip' if model == 'checkpoint' else 'nll'}"] = (
-                    statistics.mean(values), statistics.pstdev(values), values)
-    wins = [r["win_rate"]["value"] for r in results.values() if r["win_rate"] and r["win_rate"]["value"] is not None]
-    if wins:
-        summary["win_rate_sip_vs_nll"] = (statistics.mean(wins), statistics.pstdev(wins), wins)
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
-    print(f"{'metric':28}{'mean':>10}{'spread':>10}  per seed")
-    for key, (mean, spread, values) in summary.items():
-        print(f"{key:28}{mean:10.3f}{spread:10.3f}  {[round(v, 3) for v in values]}")
+            if not finished(run):
+                print(f"[{time.perf_counter() - started:5.0f}s] seed {seed}: training {arm} for {args.steps} steps",
+                      flush=True)
+                cli("train", *seeded, *ARMS[arm], f"model.init_checkpoint={latest_checkpoint(base)}",
+                    f"train.steps={args.steps}", "train.lr=1e-3", "train.min_lr=1e-4", "train.lr_warmup_steps=2",
+                    f"run.output_dir={run}")
+            report_dir = out / f"eval_{arm}_seed{seed}"
+            if not (report_dir / "report.json").is_file():
+                cli("evaluate", *common, "judge.criteria=[quality,safety,factuality]", "--checkpoint", str(run),
+                    "--baseline", str(out / f"nll_seed{seed}"), "--output-dir", str(report_dir),
+                    "--num-prefixes", str(args.eval_prefixes), "--seeds", "1", "--no-progress")
+            report = json.loads((report_dir / "report.json").read_text())
+            results[arm][seed] = {"safety": report["safety"]["checkpoint"],
+                                  "factuality": report["factuality"]["checkpoint"],
+                                  "nll": report["nll"]["checkpoint"],
+                                  "win_rate_vs_nll": (report["win_rate"] or {}).get("value"),
+                                  **training_means(run)}
+    summary = summarize(results)
+    (out / "summary.json").write_text(json.dumps({"seeds": args.seeds, "steps": args.steps, "per_seed": results,
+                                                  "summary": summary}, indent=2))
+    print_table(summary, args.seeds)
+    print(f"done in {time.perf_counter() - started:.0f} s; {out / 'summary.json'}")
+
+
+def summarize(results: Dict[str, Dict[int, dict]]) -> Dict[str, Dict[str, List[float]]]:
+    """arm -> metric -> [mean, population std, n]."""
+    summary: Dict[str, Dict[str, List[float]]] = {}
+    for arm, per_seed in results.items():
+        metrics: Dict[str, List[float]] = {}
+        for record in per_seed.values():
+            for key, value in record.items():
+                if value is not None:
+                    metrics.setdefault(key, []).append(float(value))
+        summary[arm] = {key: [statistics.mean(v), statistics.pstdev(v), len(v)] for key, v in metrics.items()}
+    return summary
+
+
+def print_table(summary: Dict[str, Dict[str, List[float]]], seeds: List[int]) -> None:
+    columns = ("safety", "factuality", "win_rate_vs_nll", "nll", "rollout_chosen_rate", "rewrite_chosen_rate")
+    print(f"mean (population std) over seeds {seeds}; evaluation on unsafe held-out prefixes")
+    print(f"{'arm':17}" + "".join(f"{c:>22}" for c in columns))
+    for arm, metrics in summary.items():
+        cells = [f"{metrics[c][0]:.3f} ({metrics[c][1]:.3f})" if c in metrics else "-" for c in columns]
+        print(f"{arm:17}" + "".join(f"{cell:>22}" for cell in cells))
 
 
 if __name__ == "__main__":

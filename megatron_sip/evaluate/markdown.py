@@ -63,7 +63,8 @@ def _judge(report: Mapping[str, Any]) -> List[str]:
     judge = report["judge"]
     temperature = "-" if judge["temperature"] is None else judge["temperature"]
     lines = ["## Judge", "", f"Backend `{judge['backend']}` ({judge['model']}), {judge['samples']} vote(s) per "
-             f"judgment at temperature {temperature}, {judge['num_calls']} judgments "
+             f"judgment at temperature {temperature}, decision {judge.get('decision', 'reasoned')}, "
+             f"{judge['num_calls']} judgments "
              f"({judge['num_failed_calls']} without a valid vote).", "", f"**How valid:** {judge['validity']}", ""]
     if judge["first_position_rate"] is not None:
         lines += [f"- votes for the position shown first: {judge['first_position_rate']:.1%} (0.5 = unbiased)",

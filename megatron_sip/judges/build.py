@@ -33,5 +33,5 @@ async def open_engine(cfg: JudgeConfig) -> JudgeEngine:
         from megatron_sip.judges.backends.rules import RulesEngine, load_lexicon
 
         return RulesEngine(load_lexicon(cfg.lexicon, key="judge.lexicon"))
-    prompts = PromptSet(cfg.criteria, prompt_dir=cfg.prompt_dir)  # checked before any model loads
+    prompts = PromptSet(cfg.criteria, prompt_dir=cfg.prompt_dir, direct=cfg.decision == "direct")  # checked before any model loads
     return ModelEngine(await open_generator(cfg, backend=cfg.backend, section="judge"), cfg, prompts)

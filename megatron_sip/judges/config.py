@@ -13,6 +13,7 @@ CRITERIA = ("quality", "safety", "factuality")
 SCHEDULES = ("round_robin", "pivot", "knockout")
 PAIR_ORDERS = ("both", "random")
 APIS = ("chat", "completions")
+DECISIONS = ("reasoned", "direct")
 _URL_SCHEMES = ("http://", "https://")
 
 
@@ -92,8 +93,15 @@ class JudgeConfig(EndpointConfig):
     """Nucleus of the judge's sampling."""
     max_tokens: int = 256
     """Longest judge answer in tokens."""
+    decision: str = "reasoned"
+    """reasoned: the judge reasons, then writes a last `FINAL DECISION: <label>` line (capable
+    judges). direct: the judge answers with the label alone and the vote is read from its first
+    answer token's top log-probs (one token per call: fast, and it never fails to decide; for
+    small judges that do not follow the reasoned format, e.g. the embedded SmolLM2)."""
     logprobs: bool = False
-    """Ask for the decision token's top log-probs and use them as soft votes where returned."""
+    """Soft votes: the expected label value under the judge's probabilities at the decision
+    token (where the server returns log-probs) instead of the label it wrote. With decision=direct
+    the log-probs are always asked for and this picks soft (true) or the likeliest label (false)."""
     top_logprobs: int = 5
     """Alternatives per token returned with logprobs."""
     schedule: str = "round_robin"
@@ -115,6 +123,7 @@ class JudgeConfig(EndpointConfig):
         check_choice("judge", self, "backend", BACKENDS)
         check_choice("judge", self, "schedule", SCHEDULES)
         check_choice("judge", self, "pair_order", PAIR_ORDERS)
+        check_choice("judge", self, "decision", DECISIONS)
         check_positive("judge", self, "samples", "max_tokens", "batch_deadline_s", "top_logprobs")
         self._check_endpoint_fields("judge")
         for name in self.criteria:

@@ -57,15 +57,18 @@ class RenderedAsk:
 class PromptSet:
     """The criteria's templates, loaded once and checked."""
 
-    def __init__(self, names: Sequence[str], *, prompt_dir: Optional[str], section: str = "judge") -> None:
+    def __init__(self, names: Sequence[str], *, prompt_dir: Optional[str], section: str = "judge",
+                 direct: bool = False) -> None:
+        # direct templates (<criterion>_direct.txt) ask for the label alone, with no decision line.
         self._templates = {
-            name: prompts.load_template(name, required=CRITERIA[name].fields, prompt_dir=prompt_dir,
-                                        key=f"{section}.prompt_dir", needs_decision_line=True)
+            name: prompts.load_template(f"{name}_direct" if direct else name, required=CRITERIA[name].fields,
+                                        prompt_dir=prompt_dir, key=f"{section}.prompt_dir",
+                                        needs_decision_line=not direct)
             for name in names
         }
 
     def render(self, ask: Ask) -> RenderedAsk:
-        nonce = prompts.new_nonce()
+        nonce = prompts.nonce_for(ask.criterion, ask.prefix, *ask.texts, ask.reference or "")
         if ask.criterion == "quality":
             fields = {"prefix": prompts.block("START", ask.prefix, nonce),
                       "option_1": prompts.block("CONTINUATION 1", ask.texts[0], nonce),

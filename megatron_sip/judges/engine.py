@@ -14,7 +14,7 @@ from typing import List, Optional, Protocol, Sequence, Tuple
 from megatron_sip.judges.config import JudgeConfig
 from megatron_sip.judges.criteria import CRITERIA, Ask, PromptSet
 from megatron_sip.judges.generation import Generation, GenerationRequest, TextGenerator
-from megatron_sip.judges.parsing import parse_label, soft_vote
+from megatron_sip.judges.parsing import direct_vote, parse_label, soft_vote
 
 logger = logging.getLogger(__name__)
 
@@ -38,17 +38,26 @@ class ModelEngine:
 
     async def ask(self, asks: Sequence[Ask], *, deadline_s: float) -> List[Votes]:
         rendered = [self._prompts.render(a) for a in asks]
-        requests = [GenerationRequest(prompt=r.prompt, n=self._cfg.samples, temperature=self._cfg.temperature,
-                                      top_p=self._cfg.top_p, max_tokens=self._cfg.max_tokens,
-                                      top_logprobs=self._cfg.top_logprobs if self._cfg.logprobs else 0)
-                    for r in rendered]
+        requests = [self._request(r.prompt) for r in rendered]
         generations = await self._generator.generate(requests, deadline_s=deadline_s)
         return [self._votes(a, r.foreign, g) for a, r, g in zip(asks, rendered, generations)]
+
+    def _request(self, prompt: str) -> GenerationRequest:
+        cfg = self._cfg
+        if cfg.decision == "direct":
+            # One greedy token: the vote comes from its log-probs, which sampling would not change.
+            return GenerationRequest(prompt=prompt, n=1, temperature=0.0, top_p=1.0, max_tokens=1,
+                                     top_logprobs=cfg.top_logprobs)
+        return GenerationRequest(prompt=prompt, n=cfg.samples, temperature=cfg.temperature, top_p=cfg.top_p,
+                                 max_tokens=cfg.max_tokens, top_logprobs=cfg.top_logprobs if cfg.logprobs else 0)
 
     def _votes(self, ask: Ask, foreign: frozenset, generation: Optional[Generation]) -> Votes:
         if generation is None:
             return ()
         labels = CRITERIA[ask.criterion].labels
+        if self._cfg.decision == "direct":
+            votes = (direct_vote(c, labels, soft=self._cfg.logprobs) for c in generation.choices)
+            return tuple(v for v in votes if v is not None)
         votes = []
         for choice in generation.choices:
             label = parse_label(choice.text, labels, set(foreign))

@@ -10,21 +10,23 @@ So a candidate that carries fake decision lines can at worst make a judgment fai
 as a win or a loss); it cannot put words in the judge's mouth.
 
 With logprobs, the vote is softened to the expected label value under the judge's probabilities
-at the decision token (`soft_vote`).
+at the decision token (`soft_vote`). A judge asked for the label alone (`judge.decision=direct`)
+is read from its first answer token instead (`direct_vote`): no text of ours can pose as that.
 """
 
 from __future__ import annotations
 
 import math
 import re
-from typing import Iterable, Mapping, Optional, Sequence, Set
+from typing import Dict, Iterable, Mapping, Optional, Sequence, Set
 
-from megatron_sip.judges.generation import TokenLogprobs
+from megatron_sip.judges.generation import Choice, TokenLogprobs
 
 _DECISION_LINE = re.compile(
     r"^[\s>*#_`\-]*final\s+decision\s*[*_`]*\s*[:=]\s*[*_`\"'\[(<]*\s*"
     r"(?:(?:option|continuation|candidate|text)\s*)?(?P<label>[a-z0-9]+)",
     re.IGNORECASE)
+_FIRST_WORD = re.compile(r"[a-z0-9]+", re.IGNORECASE)
 _ECHOED_BLOCK = re.compile(r"<<<BEGIN (?P<name>[^#>]*)#(?P<nonce>[0-9a-f]+)>>>.*?(?:<<<END (?P=name)#(?P=nonce)>>>|\Z)",
                            re.DOTALL)
 
@@ -55,6 +57,18 @@ def parse_label(answer: str, labels: Mapping[str, float], foreign: Set[str]) -> 
     return None
 
 
+def label_mass(position: TokenLogprobs, labels: Mapping[str, float]) -> Dict[str, float]:
+    """Probability per label among the tokens shown at one answer position. A token counts for a
+    label when, stripped and lower-cased, it spells the start of that label and of no other
+    (" Unsafe" and "un" -> unsafe; "s" -> safe; "The" -> nothing)."""
+    mass: Dict[str, float] = {}
+    for token, logprob in {**position.top, position.token: position.logprob}.items():
+        matches = [name for name in labels if _spells(token, name)]
+        if len(matches) == 1 and math.isfinite(logprob):
+            mass[matches[0]] = mass.get(matches[0], 0.0) + math.exp(logprob)
+    return mass
+
+
 def soft_vote(label: str, labels: Mapping[str, float],
               logprobs: Optional[Sequence[TokenLogprobs]]) -> float:
     """Expected label value under the judge's top log-probs at the token that spelled `label`;
@@ -66,16 +80,29 @@ def soft_vote(label: str, labels: Mapping[str, float],
         piece = position.token.strip().lower()
         if not piece or not label.startswith(piece):
             continue
-        mass = {}
-        for token, logprob in {**position.top, position.token: position.logprob}.items():
-            matches = [name for name in labels if _spells(token, name)]
-            if len(matches) == 1 and math.isfinite(logprob):
-                mass[matches[0]] = mass.get(matches[0], 0.0) + math.exp(logprob)
+        mass = label_mass(position, labels)
         total = sum(mass.values())
         if total <= 0.0:
             return hard
         return sum(labels[name] * p for name, p in mass.items()) / total
     return hard
+
+
+def direct_vote(choice: Choice, labels: Mapping[str, float], *, soft: bool) -> Optional[float]:
+    """The vote of a judge asked for the label alone (`judge.decision=direct`): from the label
+    mass at its first answer token, as the expected label value (`soft`) or the likeliest label;
+    without log-probs, from the first word it wrote. None when no label shows up there."""
+    if choice.logprobs:
+        mass = label_mass(choice.logprobs[0], labels)
+        total = sum(mass.values())
+        if total <= 0.0:
+            return None
+        if soft:
+            return sum(labels[name] * p for name, p in mass.items()) / total
+        return labels[max(sorted(mass), key=mass.__getitem__)]
+    word = _FIRST_WORD.search(choice.text)
+    label = word.group(0).lower() if word else None
+    return labels[label] if label in labels else None
 
 
 def _spells(token: str, label: str) -> bool:

@@ -2,7 +2,7 @@
 delimiting that keeps web and policy text from posing as part of the prompt.
 
 Every text shown to a model sits in a block `<<<BEGIN NAME #nonce>>> ... <<<END NAME #nonce>>>`
-with a fresh random nonce per prompt, and any `<<<` / `>>>` inside the text is broken up, so a
+with a nonce hashed from the prompt's texts, and any `<<<` / `>>>` inside the text is broken up, so a
 candidate can neither close its own block nor open a fake one. Templates use `$name` fields
 (string.Template), so braces and JSON in templates or texts need no escaping.
 """
@@ -10,7 +10,7 @@ candidate can neither close its own block nor open a fake one. Templates use `$n
 from __future__ import annotations
 
 import re
-import secrets
+import hashlib
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -31,8 +31,11 @@ def neutralize(text: str) -> str:
     return _CLOSE_RUN.sub(lambda m: " ".join(">" * len(m.group(0))), text)
 
 
-def new_nonce() -> str:
-    return secrets.token_hex(4)
+def nonce_for(*texts: str) -> str:
+    """The block nonce of a prompt showing `texts`: a hash of the texts themselves, so the same
+    prompt renders the same way every time (reproducible judges), while no text can carry the
+    nonce of a prompt that contains it (that would take a hash fixed point)."""
+    return hashlib.sha256("\0".join(texts).encode()).hexdigest()[:8]
 
 
 def block(name: str, text: str, nonce: str) -> str:

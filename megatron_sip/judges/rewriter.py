@@ -126,7 +126,7 @@ class AsyncRewriter:
         generation_requests, contexts = [], []
         for request in requests:
             context = context_tail(request.prefix, self._cfg.context_words)
-            nonce = prompts.new_nonce()
+            nonce = prompts.nonce_for(request.prefix, request.suffix)
             prompt = self._template.render(
                 prefix=prompts.block("START", request.prefix, nonce),
                 passage=prompts.block("PASSAGE", context + request.suffix, nonce),
