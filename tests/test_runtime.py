@@ -73,13 +73,27 @@ def test_shard_cuts_like_megatron(stride: int, dim: int) -> None:
         assert torch.equal(_shard(full, param, 0, tp), torch.cat([gate[:3], up[:3]]))
 
 
-def test_tensorboard_without_its_package_names_the_key(tmp_path) -> None:
-    import importlib.util
+def test_tensorboard_events_hold_every_numeric_metric(tmp_path) -> None:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from megatron_sip.train.metrics import MetricsWriter
+
+    writer = MetricsWriter(tmp_path, enabled=True, log_every=1, total_steps=3, tensorboard=True)
+    for step in (1, 2, 3):
+        writer.write({"step": step, "loss": 1.0 / step, "rollout_chosen_rate": 0.25 * step, "note": "text"})
+    writer.close()
+    events = EventAccumulator(str(tmp_path / "tensorboard"))
+    events.Reload()
+    assert set(events.Tags()["scalars"]) == {"loss", "rollout_chosen_rate"}
+    assert [(e.step, round(e.value, 6)) for e in events.Scalars("loss")] == [(1, 1.0), (2, 0.5), (3, 0.333333)]
+
+
+def test_tensorboard_without_its_package_names_the_key(tmp_path, monkeypatch) -> None:
+    import sys
 
     from megatron_sip.errors import ConfigError
     from megatron_sip.train.metrics import MetricsWriter
 
-    if importlib.util.find_spec("tensorboard") is not None:
-        pytest.skip("tensorboard is installed")
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # as if the package were missing
     with pytest.raises(ConfigError, match="run.tensorboard"):
         MetricsWriter(tmp_path, enabled=True, log_every=1, total_steps=1, tensorboard=True)

@@ -35,12 +35,14 @@ def _http_judge(url: str) -> List[str]:
 @pytest.fixture(scope="module", params=["dpo", "rf_nll"])
 def single_rank(request, demo_data: dict, embedded_judge_server: str, tmp_path_factory) -> tuple:
     out = tmp_path_factory.mktemp(f"sip_{request.param}")
-    run_cli(_sip_args(demo_data, request.param, out, *_http_judge(embedded_judge_server)))
-    return request.param, read_metrics(out)
+    run_cli(_sip_args(demo_data, request.param, out, *_http_judge(embedded_judge_server), "run.tensorboard=true"))
+    return request.param, read_metrics(out), out
 
 
 def test_sip_step_reports_what_the_paper_watches(single_rank: tuple) -> None:
-    objective, records = single_rank
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    objective, records, out = single_rank
     last = records[-1]
     for key in ("loss", "rollout_chosen_rate", "suffix_chosen_rate", "reward_mean_suffix",
                 "reward_mean_rollout", "judge_calls", "time_rollout_s", "time_judge_wait_s",
@@ -53,6 +55,10 @@ def test_sip_step_reports_what_the_paper_watches(single_rank: tuple) -> None:
         assert records[-1]["dpo_margin"] > 0  # the policy moves toward the chosen candidates
     else:
         assert "rf_nll" in last
+    events = EventAccumulator(str(out / "tensorboard"))
+    events.Reload()
+    for key in ("loss", "rollout_chosen_rate", "time_judge_wait_s"):
+        assert [e.step for e in events.Scalars(key)] == list(range(1, STEPS + 1)), key
 
 
 @pytest.mark.slow
@@ -60,7 +66,7 @@ def test_sip_step_reports_what_the_paper_watches(single_rank: tuple) -> None:
                                     "model.tensor_model_parallel_size=1"], ids=["tp2", "pp2", "dp2"])
 def test_two_ranks_reproduce_one(single_rank: tuple, layout: str, demo_data: dict, embedded_judge_server: str,
                                  tmp_path: Path) -> None:
-    objective, reference = single_rank
+    objective, reference, _ = single_rank
     run_cli(_sip_args(demo_data, objective, tmp_path, *_http_judge(embedded_judge_server), layout), nproc=2)
     records = read_metrics(tmp_path)
     assert [r["step"] for r in records] == list(range(1, STEPS + 1))
@@ -72,9 +78,13 @@ def test_two_ranks_reproduce_one(single_rank: tuple, layout: str, demo_data: dic
 
 
 @pytest.mark.slow
-def test_resume_matches_an_uninterrupted_sip_run(demo_data: dict, tmp_path: Path) -> None:
+@pytest.mark.parametrize("overlap", ["false", "true"], ids=["serial", "overlap"])
+def test_resume_matches_an_uninterrupted_sip_run(demo_data: dict, tmp_path: Path, overlap: str) -> None:
+    """With overlap, the checkpoint at step 3 holds step 4's candidates (generated before step
+    3's update); the resumed run must judge those, not regenerate them."""
     whole, split = tmp_path / "whole", tmp_path / "split"
-    args = lambda out: _sip_args(demo_data, "dpo", out, "train.steps=6", "sip.reference_refresh_steps=4")  # noqa: E731
+    args = lambda out: _sip_args(demo_data, "dpo", out, "train.steps=6", "sip.reference_refresh_steps=4",  # noqa: E731
+                                 f"sip.overlap_judging={overlap}")
     run_cli(args(whole))
     run_cli([*args(split), "train.exit_interval=3"])
     run_cli([*args(split), "train.exit_interval=3", "--resume"])

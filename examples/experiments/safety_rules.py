@@ -134,7 +134,7 @@ def main() -> None:
     base = out / "base"
     if not finished(base):
         print(f"pretraining the base model ({args.base_steps} nll steps)", flush=True)
-        cli("train", *common, "sip.objective=nll", f"train.steps={args.base_steps}", "train.lr_warmup_steps=10",
+        cli("train", *common, "sip.objective=nll", f"train.steps={args.base_steps}", f"train.lr_warmup_steps={min(10, args.base_steps - 1)}",
             f"run.output_dir={base}")
     results: Dict[str, Dict[int, dict]] = {arm: {} for arm in arms}
     for seed in args.seeds:
@@ -147,7 +147,7 @@ def main() -> None:
                 print(f"[{time.perf_counter() - started:5.0f}s] seed {seed}: training {arm} for {args.steps} steps",
                       flush=True)
                 cli("train", *seeded, *ARMS[arm], f"model.init_checkpoint={latest_checkpoint(base)}",
-                    f"train.steps={args.steps}", "train.lr=1e-3", "train.min_lr=1e-4", "train.lr_warmup_steps=2",
+                    f"train.steps={args.steps}", "train.lr=1e-3", "train.min_lr=1e-4", f"train.lr_warmup_steps={min(2, args.steps - 1)}",
                     f"run.output_dir={run}")
             report_dir = out / f"eval_{arm}_seed{seed}"
             if not (report_dir / "report.json").is_file():

@@ -1,6 +1,7 @@
 """Checkpoints: policy, optimizer and reference model through Megatron-Core's
-`dist_checkpointing` (sharded, reshardable between TP/PP layouts), plus the scheduler, trainer
-counters and every rank's RNG states as plain torch files.
+`dist_checkpointing` (sharded, reshardable between TP/PP layouts), plus the scheduler and trainer
+counters (rank 0) and every rank's own state as plain torch files: its RNG streams and what its
+step function holds (e.g. the rollouts SIP already generated for the next step under overlap).
 
 Writes are atomic: a checkpoint is written to `step_XXXXXXXX.partial/` and renamed when every
 rank has finished, then `latest` is replaced; a crash mid-write leaves no directory that looks
@@ -25,6 +26,7 @@ from megatron_sip.parallel import ParallelContext
 _log = get_logger(__name__)
 _PREFIX, _PARTIAL, _LATEST = "step_", ".partial", "latest"
 _TRAINER_FILE = "trainer_state.pt"
+_RANK_DIR = "ranks"
 
 
 def _barrier() -> None:
@@ -65,8 +67,10 @@ class CheckpointManager:
             sharded["optimizer"] = optimizer.sharded_state_dict(sharded["model"], is_loading=loading)
         return sharded
 
-    def save(self, step: int, *, modules: Dict[str, Any], optimizer: Any, trainer_state: Dict[str, Any]) -> Path:
-        """Save at `step`. `modules` maps names ("model", "reference") to unwrapped model chunks."""
+    def save(self, step: int, *, modules: Dict[str, Any], optimizer: Any, trainer_state: Dict[str, Any],
+             rank_state: Optional[Dict[str, Any]] = None) -> Path:
+        """Save at `step`. `modules` maps names ("model", "reference") to unwrapped model chunks;
+        `trainer_state` is rank 0's, `rank_state` this rank's own."""
         from megatron.core import dist_checkpointing
 
         final = self.root / f"{_PREFIX}{step:08d}"
@@ -76,8 +80,8 @@ class CheckpointManager:
             partial.mkdir(parents=True)
         _barrier()
         dist_checkpointing.save(self._sharded(modules, optimizer, loading=False), str(partial))
-        (partial / "rng").mkdir(exist_ok=True)
-        torch.save(rng_state(), partial / "rng" / f"rank_{self.ctx.rank:05d}.pt")
+        (partial / _RANK_DIR).mkdir(exist_ok=True)
+        torch.save({"rng": rng_state(), **(rank_state or {})}, self._rank_file(partial))
         if self.ctx.rank == 0:
             torch.save({**trainer_state, "step": step, "world_size": self.ctx.world_size}, partial / _TRAINER_FILE)
         _barrier()
@@ -111,8 +115,12 @@ class CheckpointManager:
         found = self.list()
         return found[-1] if found else None
 
+    def _rank_file(self, checkpoint: Path) -> Path:
+        return checkpoint / _RANK_DIR / f"rank_{self.ctx.rank:05d}.pt"
+
     def load(self, path: Path, *, modules: Dict[str, Any], optimizer: Any) -> Dict[str, Any]:
-        """Load into the given modules/optimizer; returns the trainer state saved with it."""
+        """Load into the given modules/optimizer; returns the trainer state saved with it, with
+        this rank's own state under "rank_state" ({} when saved with another world size)."""
         from megatron.core import dist_checkpointing
 
         path = Path(path)
@@ -124,11 +132,15 @@ class CheckpointManager:
         if optimizer is not None:
             optimizer.load_state_dict(loaded["optimizer"])
         trainer_state = torch.load(path / _TRAINER_FILE, weights_only=False)
-        rng_file = path / "rng" / f"rank_{self.ctx.rank:05d}.pt"
-        if trainer_state.get("world_size") == self.ctx.world_size and rng_file.is_file():
-            set_rng_state(torch.load(rng_file, weights_only=False))
+        rank_file = self._rank_file(path)
+        trainer_state["rank_state"] = {}
+        if trainer_state.get("world_size") == self.ctx.world_size and rank_file.is_file():
+            rank_state = torch.load(rank_file, weights_only=False)
+            set_rng_state(rank_state.pop("rng"))
+            trainer_state["rank_state"] = rank_state
         else:
-            _log.warning("%s: saved with another world size; RNG streams restart from the seed", path)
+            _log.warning("%s: saved with another world size; RNG streams restart from the seed and per-rank "
+                         "state (pending SIP rollouts) is recomputed", path)
         _log.info("resumed from %s (step %d)", path, trainer_state["step"])
         return trainer_state
 

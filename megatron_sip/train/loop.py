@@ -133,7 +133,8 @@ class Trainer:
         return self.checkpoints.save(
             self.step, modules=self.step_fn.checkpoint_modules(), optimizer=self.state.optimizer,
             trainer_state={"consumed_samples": self.consumed_samples, "counters": dict(self.counters),
-                           "scheduler": self.state.scheduler.state_dict(), "step_fn": self.step_fn.state_dict()})
+                           "scheduler": self.state.scheduler.state_dict()},
+            rank_state={"step_fn": self.step_fn.state_dict()})
 
     def _resume(self, resume: str) -> None:
         path = self.checkpoints.latest() if resume == "auto" else Path(resume)
@@ -145,4 +146,4 @@ class Trainer:
         self.consumed_samples = int(saved["consumed_samples"])
         self.counters.update(saved["counters"])
         self.state.scheduler.load_state_dict(saved["scheduler"])
-        self.step_fn.load_state_dict(saved["step_fn"])
+        self.step_fn.load_state_dict(saved["rank_state"].get("step_fn", {}))

@@ -19,9 +19,11 @@ class ObjectiveStep(Protocol):
     def checkpoint_modules(self) -> Dict[str, Any]:
         """Unwrapped model chunks to checkpoint, by name ("model", and "reference" for DPO)."""
 
-    def state_dict(self) -> Dict[str, Any]: ...
+    def state_dict(self) -> Dict[str, Any]:
+        """This rank's state to checkpoint (saved per rank)."""
 
-    def load_state_dict(self, state: Dict[str, Any]) -> None: ...
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        """Restore `state_dict()`; {} when the checkpoint was saved with another world size."""
 
     def close(self) -> None: ...
 
