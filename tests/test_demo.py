@@ -18,10 +18,14 @@ def test_short_demo_writes_the_report_and_stops_its_server(tmp_path: Path) -> No
     for key in ("win_rate", "safety", "factuality"):
         assert key in report
     assert set(report["safety"]) == {"checkpoint", "baseline"}
+    # Asked for the label alone, the small judge decides every judgment: the numbers are filled.
+    assert report["judge"]["num_failed_calls"] == 0 and report["win_rate"]["value"] is not None
+    assert all(value is not None for key in ("safety", "factuality") for value in report[key].values())
     assert (tmp_path / "report.md").is_file()
     for run in ("sip", "baseline"):
         records = [json.loads(line) for line in (tmp_path / run / "metrics.jsonl").read_text().splitlines()]
         assert [r["step"] for r in records] == [1, 2]
     sip_first = json.loads((tmp_path / "sip" / "metrics.jsonl").read_text().splitlines()[0])
-    assert sip_first["judge_calls"] > 0  # SIP really asked the served judge
+    assert sip_first["judge_calls"] > 0 and sip_first["judge_failed_calls"] == 0  # SIP asked the served judge
+    assert sip_first["groups_preference"] > 0  # ... and trained on its preferences
     assert "judge server stopped" in done.stderr
