@@ -18,7 +18,10 @@ takes longer than training one, the difference stays exposed whatever the overla
 is judge capacity (more endpoints), not scheduling. The last line prints both, so a miss says
 which side is short.
 
-    python bench/bench_step.py [--judge serve|embedded|rules|URL] [--steps 6] [--criteria safety]
+    python bench/bench_step.py [--judge serve|embedded|rules|URL] [--steps 6] [--criteria safety] [KEY=VALUE ...]
+
+Trailing overrides change the trained model or the step, e.g. `model.hidden_size=512
+model.ffn_hidden_size=1376 model.num_layers=4` for a policy whose step outweighs the judging.
 """
 
 from __future__ import annotations
@@ -79,11 +82,11 @@ def judge_server(cores: Optional[Set[int]], log: Path) -> Iterator[str]:
 
 
 def run(data_prefix: str, judge: List[str], overlap: bool, steps: int, out: Path, criteria: str,
-        cores: Optional[Set[int]]) -> Dict[str, float]:
+        cores: Optional[Set[int]], overrides: List[str]) -> Dict[str, float]:
     command = [sys.executable, "-m", "megatron_sip", "train", "--config", "examples/data/demo.yaml",
                f"data.paths=[{data_prefix}]", "sip.objective=dpo", "sip.num_rollouts=4",
                f"judge.criteria=[{criteria}]", f"sip.overlap_judging={str(overlap).lower()}",
-               f"train.steps={steps}", "train.lr_warmup_steps=1", f"run.output_dir={out}", *judge]
+               f"train.steps={steps}", "train.lr_warmup_steps=1", f"run.output_dir={out}", *judge, *overrides]
     subprocess.run(command, cwd=REPO, check=True, stdout=subprocess.DEVNULL, env=pinned_env(cores),
                    preexec_fn=pin(cores))
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()][1:]
@@ -99,6 +102,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=6)
     parser.add_argument("--criteria", default="safety", help="judge.criteria, comma-separated (default safety)")
     parser.add_argument("--judge-cores", type=int, default=1, help="cores of the `serve` sidecar (default 1)")
+    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="extra overrides for both runs")
     args = parser.parse_args()
     trainer_cores, judge_cores = split_cores(args.judge_cores) if args.judge == "serve" else (None, None)
     with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
@@ -116,12 +120,12 @@ def main() -> None:
         else:
             judge = [f"judge.backend={args.judge}"]
         results = {overlap: run(prefix, judge, overlap, args.steps, Path(tmp) / f"overlap_{overlap}", args.criteria,
-                                trainer_cores)
+                                trainer_cores, args.overrides)
                    for overlap in (False, True)}
     layout = (f"trainer on cores {sorted(trainer_cores)}, judge server on {sorted(judge_cores)}"
               if trainer_cores else "no core split")
     print(f"SIP step time split (median over steps 2..{args.steps}, seconds), judge={args.judge}, "
-          f"criteria={args.criteria}, {layout}")
+          f"criteria={args.criteria}, {layout}" + (f", {' '.join(args.overrides)}" if args.overrides else ""))
     print(f"{'overlap':8}" + "".join(f"{k:>14}" for k in SPLIT) + f"{'calls':>8}{'wait share':>12}")
     for overlap, split in results.items():
         share = split["judge_wait_s"] / split["step_s"]

@@ -66,3 +66,22 @@ def test_evaluate_writes_the_report_and_plots(two_runs: tuple, demo_data: dict) 
         assert (out / name).read_bytes()[:8] == _PNG_MAGIC, name
     assert "How valid" in (out / "report.md").read_text()
     assert len((out / "generations.jsonl").read_text().splitlines()) == NUM_PREFIXES
+
+
+def test_sampled_evaluation_gives_every_model_the_same_draws(two_runs: tuple, demo_data: dict, tmp_path: Path) -> None:
+    """--temperature samples instead of decoding greedily, with random numbers fixed per prefix:
+    a model evaluated against itself writes the same text, which greedy decoding would not."""
+    policy, _ = two_runs
+    common = ["evaluate", "--config", "examples/data/demo.yaml", "judge.backend=rules",
+              f"data.eval_paths=[{demo_data['heldout']}]", "--checkpoint", str(policy), "--baseline", str(policy),
+              "--num-prefixes", str(NUM_PREFIXES), "--seeds", "1", "--no-progress"]
+    run_cli([*common, "--temperature", "1.0", "--output-dir", str(tmp_path / "sampled")])
+    run_cli([*common, "--output-dir", str(tmp_path / "greedy")])
+    sampled = json.loads((tmp_path / "sampled" / "report.json").read_text())
+    assert sampled["protocol"]["decoding"] == "sampled at temperature 1"
+    assert sampled["identical_generations"] == 1.0  # same model, same draws
+    texts = {}
+    for name in ("sampled", "greedy"):
+        lines = (tmp_path / name / "generations.jsonl").read_text().splitlines()
+        texts[name] = [json.loads(line)["checkpoint"] for line in lines]
+    assert sum(a != b for a, b in zip(texts["sampled"], texts["greedy"])) >= NUM_PREFIXES // 2

@@ -10,8 +10,14 @@ judged safety rate is a real difference in what the models write. Small enough f
    rewriter: the suffix with the lexicon's words taken out);
 3. for each seed and arm, continue from the base for the same number of steps;
 4. evaluate every arm against the `nll` arm of its seed on the *unsafe* held-out prefixes (the
-   abusive part of each unsafe held-out document): safe share of the greedy continuations,
-   factuality, quality win rate, suffix NLL.
+   abusive part of each unsafe held-out document, two prefixes per document): safe share of the
+   continuations, factuality, quality win rate, suffix NLL; and on preference pairs built from
+   the same documents (`evaluate --pairs`): how often the model finds the safe version of the
+   document's next 32 tokens (lexicon words taken out) more likely than the abusive original
+   (`safe_preferred`), and the mean log-prob margin per token (`safe_margin`). Continuations are sampled at
+   temperature 1 with the same random numbers for every model (`evaluate --temperature`): the
+   tiny model's greedy text degenerates into repetition ("for for for ...") that is never
+   unsafe, whatever the model learned.
 
 Arms (`--arms`; `main` = nll dpo rf_nll, `ablations` = the rest, `all`):
   nll        plain next-token training (the baseline)
@@ -27,13 +33,14 @@ Arms (`--arms`; `main` = nll dpo rf_nll, `ablations` = the rest, `all`):
     python examples/experiments/safety_rules.py [--seeds 1 2 3] [--arms main|ablations|all|NAME...]
 
 Finished runs and evaluations are reused, so an interrupted experiment continues. Writes
-runs/experiments/safety_rules/summary.json and prints one table (mean and spread over seeds).
+runs/experiments/safety_rules/summary_<arms>.json and prints one table (mean and spread over seeds).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import statistics
 import subprocess
 import sys
@@ -73,8 +80,9 @@ def latest_checkpoint(run: Path) -> Path:
     return run / "checkpoints" / (run / "checkpoints" / "latest").read_text().strip()
 
 
-def finished(run: Path) -> bool:
-    return (run / "checkpoints" / "latest").is_file()
+def finished(run: Path, steps: int) -> bool:
+    latest = run / "checkpoints" / "latest"
+    return latest.is_file() and latest.read_text().strip() == f"step_{steps:08d}"
 
 
 def unsafe_heldout(out: Path) -> Path:
@@ -87,6 +95,33 @@ def unsafe_heldout(out: Path) -> Path:
             for row in rows:
                 if row["unsafe"]:
                     f.write(json.dumps({"id": row["id"], "text": row["text"][row["abuse_start_char"]:]}) + "\n")
+    return path
+
+
+def unsafe_pairs(out: Path, suffix_len: int) -> Path:
+    """Preference pairs on the unsafe held-out documents: a prefix inside the abusive part,
+    rejected = the document's next `suffix_len` tokens (lexicon words in them), chosen = the same
+    tokens with the lexicon's words taken out (what the rules rewriter writes)."""
+    path = out / "data" / "heldout_unsafe_pairs.jsonl"
+    if path.is_file():
+        return path
+    from megatron_sip.embedded import load_embedded_tokenizer
+    from megatron_sip.judges.backends.rules import has_lexicon_term, load_lexicon
+    from megatron_sip.judges.rewriter import strip_lexicon_terms
+
+    tokenizer = load_embedded_tokenizer()
+    lexicon = load_lexicon(str(REPO / "examples" / "data" / "lexicon.txt"), key="lexicon")
+    rows = []
+    for line in unsafe_heldout(out).read_text().splitlines():
+        ids = tokenizer.encode(json.loads(line)["text"], add_special_tokens=False)
+        for cut in (24, 72):  # two prefixes per document where it is long enough
+            if cut + suffix_len > len(ids):
+                break
+            rejected = tokenizer.decode(ids[cut:cut + suffix_len])
+            if has_lexicon_term(rejected, lexicon):
+                rows.append({"prefix": tokenizer.decode(ids[:cut]), "rejected": rejected,
+                             "chosen": strip_lexicon_terms(rejected, lexicon)})
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path
 
 
@@ -117,7 +152,8 @@ def main() -> None:
     parser.add_argument("--arms", nargs="+", default=["main"], help="main, ablations, all, or arm names")
     parser.add_argument("--base-steps", type=int, default=150)
     parser.add_argument("--steps", type=int, default=30)
-    parser.add_argument("--eval-prefixes", type=int, default=60)
+    parser.add_argument("--eval-prefixes", type=int, default=120, help="at most 2 per unsafe held-out document")
+    parser.add_argument("--eval-temperature", type=float, default=1.0, help="0 = greedy")
     parser.add_argument("--output-dir", default="runs/experiments/safety_rules")
     args = parser.parse_args()
     arms = arm_names(args.arms)
@@ -130,9 +166,11 @@ def main() -> None:
     common = ["--config", str(CONFIG), f"data.paths=[{data['train']}]", f"data.eval_paths=[{data['heldout_unsafe']}]",
               "judge.backend=rules", "rewriter.backend=rules", f"train.global_batch_size={GLOBAL_BATCH}",
               "train.micro_batch_size=4"]
+    pairs = unsafe_pairs(out, suffix_len=32)  # sip.suffix_len of examples/tiny_cpu.yaml
     started = time.perf_counter()
     base = out / "base"
-    if not finished(base):
+    if not finished(base, args.base_steps):
+        shutil.rmtree(base, ignore_errors=True)
         print(f"pretraining the base model ({args.base_steps} nll steps)", flush=True)
         cli("train", *common, "sip.objective=nll", f"train.steps={args.base_steps}", f"train.lr_warmup_steps={min(10, args.base_steps - 1)}",
             f"run.output_dir={base}")
@@ -143,28 +181,33 @@ def main() -> None:
         cli("rewrite", *seeded, "--count", str(args.steps * GLOBAL_BATCH), "--no-progress")
         for arm in arms:
             run = out / f"{arm}_seed{seed}"
-            if not finished(run):
+            if not finished(run, args.steps):
+                shutil.rmtree(run, ignore_errors=True)  # an interrupted run starts over
                 print(f"[{time.perf_counter() - started:5.0f}s] seed {seed}: training {arm} for {args.steps} steps",
                       flush=True)
                 cli("train", *seeded, *ARMS[arm], f"model.init_checkpoint={latest_checkpoint(base)}",
                     f"train.steps={args.steps}", "train.lr=1e-3", "train.min_lr=1e-4", f"train.lr_warmup_steps={min(2, args.steps - 1)}",
                     f"run.output_dir={run}")
-            report_dir = out / f"eval_{arm}_seed{seed}"
+            report_dir = out / f"eval_t{args.eval_temperature:g}_pairs_{arm}_seed{seed}"
             if not (report_dir / "report.json").is_file():
-                cli("evaluate", *common, "judge.criteria=[quality,safety,factuality]", "--checkpoint", str(run),
-                    "--baseline", str(out / f"nll_seed{seed}"), "--output-dir", str(report_dir),
-                    "--num-prefixes", str(args.eval_prefixes), "--seeds", "1", "--no-progress")
+                cli("evaluate", *common, "judge.criteria=[quality,safety,factuality]", "data.samples_per_doc=2",
+                    "--checkpoint", str(run), "--baseline", str(out / f"nll_seed{seed}"),
+                    "--output-dir", str(report_dir), "--num-prefixes", str(args.eval_prefixes), "--seeds", "1",
+                    "--temperature", str(args.eval_temperature), "--pairs", str(pairs), "--no-progress")
             report = json.loads((report_dir / "report.json").read_text())
-            results[arm][seed] = {"safety": report["safety"]["checkpoint"],
+            results[arm][seed] = {"safe_preferred": report["preference"]["checkpoint"]["value"],
+                                  "safe_margin": report["preference"]["checkpoint"]["mean_margin"],
+                                  "safety": report["safety"]["checkpoint"],
                                   "factuality": report["factuality"]["checkpoint"],
                                   "nll": report["nll"]["checkpoint"],
                                   "win_rate_vs_nll": (report["win_rate"] or {}).get("value"),
                                   **training_means(run)}
     summary = summarize(results)
-    (out / "summary.json").write_text(json.dumps({"seeds": args.seeds, "steps": args.steps, "per_seed": results,
-                                                  "summary": summary}, indent=2))
+    summary_file = out / f"summary_{'-'.join(args.arms)}.json"
+    summary_file.write_text(json.dumps({"seeds": args.seeds, "steps": args.steps, "eval_temperature": args.eval_temperature,
+                                        "per_seed": results, "summary": summary}, indent=2))
     print_table(summary, args.seeds)
-    print(f"done in {time.perf_counter() - started:.0f} s; {out / 'summary.json'}")
+    print(f"done in {time.perf_counter() - started:.0f} s; {summary_file}")
 
 
 def summarize(results: Dict[str, Dict[int, dict]]) -> Dict[str, Dict[str, List[float]]]:
@@ -181,8 +224,10 @@ def summarize(results: Dict[str, Dict[int, dict]]) -> Dict[str, Dict[str, List[f
 
 
 def print_table(summary: Dict[str, Dict[str, List[float]]], seeds: List[int]) -> None:
-    columns = ("safety", "factuality", "win_rate_vs_nll", "nll", "rollout_chosen_rate", "rewrite_chosen_rate")
-    print(f"mean (population std) over seeds {seeds}; evaluation on unsafe held-out prefixes")
+    columns = ("safe_preferred", "safe_margin", "safety", "factuality", "win_rate_vs_nll", "nll",
+               "rollout_chosen_rate", "rewrite_chosen_rate")
+    print(f"mean (population std) over seeds {seeds}; evaluation on unsafe held-out prefixes; "
+          "win rate and NLL against / of each arm, the nll arm is the baseline")
     print(f"{'arm':17}" + "".join(f"{c:>22}" for c in columns))
     for arm, metrics in summary.items():
         cells = [f"{metrics[c][0]:.3f} ({metrics[c][1]:.3f})" if c in metrics else "-" for c in columns]

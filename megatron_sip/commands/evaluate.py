@@ -22,6 +22,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--num-prefixes", type=int, metavar="M", help="held-out samples (default 1000)")
     parser.add_argument("--seeds", type=int, metavar="S", help="judge votes per judgment (default 8)")
     parser.add_argument("--judge-temperature", type=float, metavar="T", help="judge temperature (default 0.7)")
+    parser.add_argument("--temperature", type=float, metavar="T",
+                        help="decoding of the evaluated models: 0 = greedy (default), > 0 = sampled")
+    parser.add_argument("--pairs", metavar="FILE",
+                        help="JSONL of {prefix, chosen, rejected}: preference accuracy of each model")
     parser.add_argument("--batch-size", type=int, metavar="B", help="prefixes per pass (default 16)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
@@ -40,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
     section = getattr(cfg, "eval", None) or EvalConfig()
     flags = {"checkpoint": args.checkpoint, "baseline": args.baseline, "output_dir": args.output_dir,
              "num_prefixes": args.num_prefixes, "seeds": args.seeds, "judge_temperature": args.judge_temperature,
-             "batch_size": args.batch_size}
+             "temperature": args.temperature, "pairs": args.pairs, "batch_size": args.batch_size}
     eval_cfg = dataclasses.replace(section, **{k: v for k, v in flags.items() if v is not None})
     bar = functools.partial(tqdm, file=sys.stderr, disable=args.no_progress, dynamic_ncols=True, unit=" prefixes")
     outcome = evaluate(cfg, eval_cfg, progress=bar)
@@ -50,6 +54,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"win rate {win['value']:.3f} [{win['ci_low']:.3f}, {win['ci_high']:.3f}] over {win['n']} prefixes")
     for name in ("safety", "factuality", "nll"):
         print(f"{name}: " + ", ".join(f"{label} {_number(v)}" for label, v in report[name].items()))
+    if report["preference"]:
+        print("preference: " + ", ".join(f"{label} {_number(e['value'])}" for label, e in report["preference"].items()))
     print(f"report: {outcome.output_dir / 'report.md'}")
     return 0
 

@@ -24,6 +24,13 @@ class EvalConfig:
     """Judge votes per judgment, sent as the request's n (the rules judge gives one deterministic vote)."""
     judge_temperature: float = 0.7
     """Judge sampling temperature during evaluation (the paper: 8 seeds at 0.7)."""
+    temperature: float = 0.0
+    """Decoding of the evaluated models: 0 = greedy (the paper); > 0 samples at that temperature,
+    every model with the same random numbers per prefix, so differences between models are not
+    sampling luck alone. For small models whose greedy text degenerates into repetition."""
+    pairs: Optional[str] = None
+    """JSONL of {prefix, chosen, rejected}: also report how often each model finds the chosen
+    continuation more likely (evaluate/pairs.py); null = no pairs."""
     batch_size: int = 16
     """Prefixes per generation pass, per forward pass and per batch of judge requests."""
 
@@ -31,6 +38,8 @@ class EvalConfig:
         check_positive("eval", self, "num_prefixes", "seeds", "batch_size")
         if self.judge_temperature < 0:
             raise ConfigError("eval.judge_temperature", f"must be >= 0, got {self.judge_temperature}")
+        if not self.temperature >= 0:
+            raise ConfigError("eval.temperature", f"must be >= 0, got {self.temperature}")
 
     def require_checkpoint(self) -> str:
         """The checkpoint to evaluate, or a ConfigError saying how to name it."""

@@ -1,9 +1,10 @@
-"""Greedy N-token continuations of the held-out prefixes from one policy (the paper's evaluation
-decoding), on Megatron-Core through the rollout generator.
+"""N-token continuations of the held-out prefixes from one policy, on Megatron-Core through the
+rollout generator: greedy (the paper's evaluation decoding) or sampled.
 
 Prefixes are sorted by length before they are cut into batches: the generator runs one pass per
-prefix length, so neighbours in length share passes. Greedy decoding makes the result
-independent of the batching and of the seed.
+prefix length, so neighbours in length share passes. The result does not depend on the batching:
+greedy needs no randomness, and sampling draws its random numbers from (SAMPLING_SEED, prefix
+index), the same for every model evaluated.
 """
 
 from __future__ import annotations
@@ -16,10 +17,15 @@ from megatron_sip.evaluate.progress import ProgressFactory, no_progress
 from megatron_sip.parallel import ParallelContext
 
 
-def greedy_continuations(model: Any, ctx: ParallelContext, prefixes: Sequence[np.ndarray], *, eod_id: int,
-                         vocab_size: int, max_new_tokens: int, batch_size: int,
-                         progress: ProgressFactory = no_progress, desc: str = "generate") -> List[np.ndarray]:
-    """Per prefix, its greedy continuation of at most `max_new_tokens` tokens, EOD removed."""
+SAMPLING_SEED = 20260
+"""Seed of sampled evaluation continuations (fixed: every model and run sees the same draws)."""
+
+
+def continuations(model: Any, ctx: ParallelContext, prefixes: Sequence[np.ndarray], *, eod_id: int,
+                  vocab_size: int, max_new_tokens: int, batch_size: int, temperature: float = 0.0,
+                  progress: ProgressFactory = no_progress, desc: str = "generate") -> List[np.ndarray]:
+    """Per prefix, its continuation of at most `max_new_tokens` tokens (EOD removed): greedy at
+    temperature 0, else sampled."""
     from megatron_sip.rollout import RolloutGenerator
 
     generator = RolloutGenerator([model], ctx, eod_id=eod_id, vocab_size=vocab_size)
@@ -29,7 +35,7 @@ def greedy_continuations(model: Any, ctx: ParallelContext, prefixes: Sequence[np
         for start in range(0, len(order), batch_size):
             chunk = order[start:start + batch_size]
             batch = generator.generate([prefixes[p] for p in chunk], num_samples=1, max_new_tokens=max_new_tokens,
-                                       temperature=0.0, prefix_ids=chunk)
+                                       temperature=temperature, seed=SAMPLING_SEED, prefix_ids=chunk)
             for p, samples in zip(chunk, batch.continuations(eod_id=eod_id)):
                 continuations[p] = samples[0]
             bar.update(len(chunk))

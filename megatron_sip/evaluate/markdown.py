@@ -14,6 +14,7 @@ def render_markdown(report: Mapping[str, Any], examples: Sequence[Mapping[str, A
     lines += _models(report)
     lines += _win_rate(report)
     lines += _per_model(report)
+    lines += _preference(report)
     lines += _judge(report)
     lines += _plots(report["plots"])
     lines += _examples(examples, list(report["models"]))
@@ -22,7 +23,8 @@ def render_markdown(report: Mapping[str, Any], examples: Sequence[Mapping[str, A
 
 def _models(report: Mapping[str, Any]) -> List[str]:
     protocol = report["protocol"]
-    lines = [f"Greedy continuations of {protocol['suffix_len']} tokens on {protocol['num_prefixes']} held-out "
+    decoding = protocol.get("decoding", "greedy")
+    lines = [f"Continuations ({decoding}) of {protocol['suffix_len']} tokens on {protocol['num_prefixes']} held-out "
              f"prefixes ({', '.join(map(str, protocol['eval_paths']))}).", "",
              "| model | step | checkpoint |", "|---|---|---|"]
     lines += [f"| {label} | {m['step']} | `{m['checkpoint_dir']}` |" for label, m in report["models"].items()]
@@ -57,6 +59,17 @@ def _per_model(report: Mapping[str, Any]) -> List[str]:
     return lines + ["", "Safety: majority of the votes per generation. Factuality: mean vote against the "
                     "original suffix (none / possible / definite hallucination = 1 / 0.5 / 0). The original "
                     "suffix row is the judge's sanity anchor (its factuality against itself should be near 1).", ""]
+
+
+def _preference(report: Mapping[str, Any]) -> List[str]:
+    preference = report.get("preference")
+    if not preference:
+        return []
+    lines = [f"## Preference pairs ({report['protocol'].get('pairs')})", "",
+             "| model | chosen more likely [95% CI] | mean log-prob margin per token |", "|---|---|---|"]
+    lines += [f"| {label} | {format_estimate(e)} | {e['mean_margin']:+.3f} |" for label, e in preference.items()]
+    return lines + ["", "Share of pairs where the model gives the chosen continuation the higher mean log-probability "
+                    "per token (ties count half).", ""]
 
 
 def _judge(report: Mapping[str, Any]) -> List[str]:

@@ -63,25 +63,34 @@ def evaluate(cfg: Config, eval_cfg: EvalConfig, *, progress: ProgressFactory = n
         try:
             sources = _sources(eval_cfg, cfg, ctx)
             heldout = load_heldout(cfg, codec, num_prefixes=eval_cfg.num_prefixes)
-            models = run_models(cfg, ctx, sources, heldout, codec, batch_size=eval_cfg.batch_size, progress=progress)
+            pairs = None
+            if eval_cfg.pairs:
+                from megatron_sip.evaluate.pairs import load_pairs
+
+                pairs = load_pairs(eval_cfg.pairs, codec, max_prefix_len=cfg.data.max_prefix_len,
+                                   suffix_len=cfg.sip.suffix_len)
+            models = run_models(cfg, ctx, sources, heldout, codec, batch_size=eval_cfg.batch_size,
+                                temperature=eval_cfg.temperature, pairs=pairs, progress=progress)
         finally:
             destroy_parallel()
         votes = judge.judge_generations(prefixes=heldout.prefix_texts, references=heldout.reference_texts,
                                         generations={m.label: m.texts for m in models},
                                         batch_size=eval_cfg.batch_size, progress=progress)
     output_dir = Path(eval_cfg.output_dir) if eval_cfg.output_dir else sources[0].default_output_dir()
-    report = _write_outputs(output_dir, cfg, judge_cfg, heldout, models, votes)
+    decoding = "greedy" if eval_cfg.temperature == 0 else f"sampled at temperature {eval_cfg.temperature:g}"
+    protocol = {"decoding": decoding, "pairs": eval_cfg.pairs}
+    report = _write_outputs(output_dir, cfg, judge_cfg, heldout, models, votes, protocol=protocol)
     return EvalOutcome(output_dir=output_dir, report=report)
 
 
 def _write_outputs(output_dir: Path, cfg: Config, judge_cfg: JudgeConfig, heldout: HeldOutSet,
-                   models: Sequence[ModelResult], votes: JudgeVotes) -> Dict[str, Any]:
+                   models: Sequence[ModelResult], votes: JudgeVotes, *, protocol: Dict[str, Any]) -> Dict[str, Any]:
     output_dir.mkdir(parents=True, exist_ok=True)
     summary = summarize(votes, models)
     records = generation_records(heldout.prefix_texts, heldout.reference_texts, models, votes.pointwise, votes.pairs)
     report = build_report(summary, models, judge=judge_description(judge_cfg),
                           protocol={"num_prefixes": len(heldout), "eval_paths": list(cfg.data.eval_paths),
-                                    "suffix_len": cfg.sip.suffix_len, "decoding": "greedy"},
+                                    "suffix_len": cfg.sip.suffix_len, **protocol},
                           plots=_plots(summary, models, output_dir), num_calls=votes.num_calls,
                           num_failed_calls=votes.num_failed_calls)
     write_generations(output_dir / "generations.jsonl", records)
@@ -104,6 +113,8 @@ def _check_paths(eval_cfg: EvalConfig) -> None:
     for label, spec in ((CHECKPOINT, eval_cfg.checkpoint), (BASELINE, eval_cfg.baseline)):
         if spec and not Path(spec).expanduser().is_dir():
             raise InputError(f"--{label} {spec}: no such directory")
+    if eval_cfg.pairs and not Path(eval_cfg.pairs).expanduser().is_file():
+        raise InputError(f"--pairs {eval_cfg.pairs}: no such file")
 
 
 def _sources(eval_cfg: EvalConfig, cfg: Config, ctx: ParallelContext) -> List[ModelSource]:

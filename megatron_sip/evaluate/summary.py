@@ -10,6 +10,7 @@ from megatron_sip.evaluate import metrics
 from megatron_sip.evaluate.checkpoints import ModelSource
 from megatron_sip.evaluate.judging import BASELINE, CHECKPOINT, REFERENCE, JudgeVotes
 from megatron_sip.evaluate.metrics import Estimate
+from megatron_sip.evaluate.pairs import PairScores
 
 
 @dataclass(frozen=True)
@@ -26,6 +27,8 @@ class ModelResult:
     """Summed -log p of the original suffix tokens, per prefix."""
     nll_tokens: Tuple[int, ...]
     """Suffix tokens scored, per prefix."""
+    pair_scores: Optional[PairScores] = None
+    """Both sides of every preference pair (evaluate --pairs), else None."""
 
     @property
     def label(self) -> str:
@@ -50,6 +53,10 @@ class EvalSummary:
     """Share of prefixes on which both orders agree."""
     identical_generations: Optional[float]
     """Share of prefixes on which checkpoint and baseline generated the same text."""
+    preference: Mapping[str, Estimate]
+    """Model label -> preference accuracy on the --pairs file (empty without one)."""
+    preference_margin: Mapping[str, float]
+    """Model label -> mean log p(chosen) - log p(rejected) per token on those pairs."""
 
 
 def summarize(votes: JudgeVotes, models: Sequence[ModelResult]) -> EvalSummary:
@@ -69,4 +76,6 @@ def summarize(votes: JudgeVotes, models: Sequence[ModelResult]) -> EvalSummary:
         first_position_rate=metrics.first_position_rate(votes.pairs),
         order_consistency=metrics.order_consistency(votes.pairs),
         identical_generations=identical,
+        preference={m.label: metrics.proportion(m.pair_scores.outcomes()) for m in models if m.pair_scores},
+        preference_margin={m.label: m.pair_scores.mean_margin() for m in models if m.pair_scores},
     )
