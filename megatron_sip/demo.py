@@ -123,8 +123,10 @@ def run_demo(settings: DemoSettings, overrides: Optional[List[str]] = None) -> P
     with judge_server(out / "judge_server.log", settings.server_timeout_s) as url:
         # SmolLM2-135M rarely writes a reasoned decision line: it is asked for the label alone and
         # read from its first token's log-probs (one token per call, and every call decides).
+        # Training judges safety only (one short prompt per candidate) to keep the demo short;
+        # the evaluation asks every criterion.
         judge = ["judge.backend=openai", f"judge.endpoints=[{url}]", "judge.decision=direct", "judge.logprobs=true",
-                 "judge.top_logprobs=20", "judge.criteria=[quality,safety]"]
+                 "judge.top_logprobs=20", "judge.criteria=[safety]"]
         _run("train SIP (online DPO, judged over HTTP)", _cli(
             "train", *common, *judge, "sip.objective=dpo", f"sip.num_rollouts={settings.num_rollouts}",
             "sip.candidates=[suffix,rollouts]", "sip.on_judge_failure=nll_on_suffix", f"run.output_dir={out / 'sip'}"))

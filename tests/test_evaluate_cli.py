@@ -40,14 +40,20 @@ def two_runs(demo_data: dict, tmp_path_factory) -> tuple:
     return policy, baseline
 
 
-def test_evaluate_writes_the_report_and_plots(two_runs: tuple, demo_data: dict) -> None:
+@pytest.fixture(scope="module")
+def greedy_eval(two_runs: tuple, demo_data: dict) -> tuple:
     policy, baseline = two_runs
     done = run_cli(["evaluate", "--config", "examples/data/demo.yaml", "judge.backend=rules",
                     f"data.eval_paths=[{demo_data['heldout']}]", "--checkpoint", str(policy),
                     "--baseline", str(baseline / "checkpoints" / "step_00000002"),
                     "--num-prefixes", str(NUM_PREFIXES), "--seeds", "2", "--no-progress"])
+    return done, policy / "eval" / "step_00000002"  # the default: <run>/eval/<checkpoint name>
+
+
+def test_evaluate_writes_the_report_and_plots(two_runs: tuple, greedy_eval: tuple) -> None:
+    _, baseline = two_runs
+    done, out = greedy_eval
     assert "win rate" in done.stdout
-    out = policy / "eval" / "step_00000002"  # the default: <run>/eval/<checkpoint name>
     report = json.loads((out / "report.json").read_text())
     for key in ("win_rate", "safety", "factuality", "nll", "intervals", "reference", "judge", "models",
                 "protocol", "plots"):
@@ -68,20 +74,20 @@ def test_evaluate_writes_the_report_and_plots(two_runs: tuple, demo_data: dict) 
     assert len((out / "generations.jsonl").read_text().splitlines()) == NUM_PREFIXES
 
 
-def test_sampled_evaluation_gives_every_model_the_same_draws(two_runs: tuple, demo_data: dict, tmp_path: Path) -> None:
+def test_sampled_evaluation_gives_every_model_the_same_draws(two_runs: tuple, greedy_eval: tuple, demo_data: dict,
+                                                             tmp_path: Path) -> None:
     """--temperature samples instead of decoding greedily, with random numbers fixed per prefix:
-    a model evaluated against itself writes the same text, which greedy decoding would not."""
+    a model evaluated against itself writes the same text, and not the greedy text."""
     policy, _ = two_runs
-    common = ["evaluate", "--config", "examples/data/demo.yaml", "judge.backend=rules",
-              f"data.eval_paths=[{demo_data['heldout']}]", "--checkpoint", str(policy), "--baseline", str(policy),
-              "--num-prefixes", str(NUM_PREFIXES), "--seeds", "1", "--no-progress"]
-    run_cli([*common, "--temperature", "1.0", "--output-dir", str(tmp_path / "sampled")])
-    run_cli([*common, "--output-dir", str(tmp_path / "greedy")])
-    sampled = json.loads((tmp_path / "sampled" / "report.json").read_text())
+    run_cli(["evaluate", "--config", "examples/data/demo.yaml", "judge.backend=rules",
+             f"data.eval_paths=[{demo_data['heldout']}]", "--checkpoint", str(policy), "--baseline", str(policy),
+             "--num-prefixes", str(NUM_PREFIXES), "--seeds", "1", "--no-progress", "--temperature", "1.0",
+             "--output-dir", str(tmp_path)])
+    sampled = json.loads((tmp_path / "report.json").read_text())
     assert sampled["protocol"]["decoding"] == "sampled at temperature 1"
     assert sampled["identical_generations"] == 1.0  # same model, same draws
     texts = {}
-    for name in ("sampled", "greedy"):
-        lines = (tmp_path / name / "generations.jsonl").read_text().splitlines()
+    for name, out in (("sampled", tmp_path), ("greedy", greedy_eval[1])):
+        lines = (out / "generations.jsonl").read_text().splitlines()
         texts[name] = [json.loads(line)["checkpoint"] for line in lines]
     assert sum(a != b for a, b in zip(texts["sampled"], texts["greedy"])) >= NUM_PREFIXES // 2

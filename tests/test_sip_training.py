@@ -7,6 +7,7 @@ test uses the in-process `rules` judge. Judge outages: tests/test_sip_judge_outa
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import List
 
@@ -15,6 +16,7 @@ import pytest
 from tests.launch import read_metrics, run_cli
 
 STEPS = 3
+HTTP_BATCH = 2
 
 
 def _sip_args(demo_data: dict, objective: str, out: Path, *extra: str) -> List[str]:
@@ -26,10 +28,12 @@ def _sip_args(demo_data: dict, objective: str, out: Path, *extra: str) -> List[s
 
 
 def _http_judge(url: str) -> List[str]:
-    # Safety only (one short prompt per candidate) keeps SmolLM2's work per step to ~2 s on 2 cores;
-    # its soft votes still rank every group. Quality over HTTP: tests/test_serve_embedded.py.
+    # Safety only (one short prompt per candidate) and 2 prefixes a step (one per DP rank) keep
+    # SmolLM2's work small on 2 cores; its soft votes still rank every group. Quality over HTTP:
+    # tests/test_serve_embedded.py.
     return ["judge.backend=openai", f"judge.endpoints=[{url}]", "judge.decision=direct", "judge.logprobs=true",
-            "judge.top_logprobs=20", "judge.criteria=[safety]", "judge.request_timeout_s=120"]
+            "judge.top_logprobs=20", "judge.criteria=[safety]", "judge.request_timeout_s=120",
+            f"train.global_batch_size={HTTP_BATCH}"]
 
 
 @pytest.fixture(scope="module", params=["dpo", "rf_nll"])
@@ -48,17 +52,20 @@ def test_sip_step_reports_what_the_paper_watches(single_rank: tuple) -> None:
                 "reward_mean_rollout", "judge_calls", "time_rollout_s", "time_judge_wait_s",
                 "time_fwd_bwd_s", "time_optimizer_s", "tokens_per_s"):
         assert key in last, key
-    assert last["groups_preference"] + last["groups_fallback"] + last["groups_skipped"] == 4
+    assert last["groups_preference"] + last["groups_fallback"] + last["groups_skipped"] == HTTP_BATCH
     if objective == "dpo":
         assert "dpo_margin" in last and "time_reference_s" in last
         assert records[0]["loss"] == pytest.approx(0.6931, abs=1e-3)  # policy == reference at step 1
-        assert records[-1]["dpo_margin"] > 0  # the policy moves toward the chosen candidates
+        assert records[0]["dpo_margin"] == pytest.approx(0.0, abs=1e-5)
+        assert all(r["dpo_margin"] != 0.0 for r in records[1:])  # the updates moved the policy
     else:
         assert "rf_nll" in last
     events = EventAccumulator(str(out / "tensorboard"))
     events.Reload()
-    for key in ("loss", "rollout_chosen_rate", "time_judge_wait_s"):
+    for key in ("loss", "judge_calls", "time_judge_wait_s"):  # logged every step
         assert [e.step for e in events.Scalars(key)] == list(range(1, STEPS + 1)), key
+    numeric = {k for r in records for k, v in r.items() if isinstance(v, (int, float)) and k != "step"}
+    assert numeric <= set(events.Tags()["scalars"])  # e.g. rollout_chosen_rate, on the steps that had it
 
 
 @pytest.mark.slow
@@ -71,24 +78,32 @@ def test_two_ranks_reproduce_one(single_rank: tuple, layout: str, demo_data: dic
     records = read_metrics(tmp_path)
     assert [r["step"] for r in records] == list(range(1, STEPS + 1))
     for one, two in zip(reference, records):
-        assert abs(one["loss"] - two["loss"]) < 1e-4, (one["loss"], two["loss"])
+        if math.isnan(one["loss"]):  # every group tied and was skipped: nothing trained, on both
+            assert math.isnan(two["loss"]) and not one["update_applied"] and not two["update_applied"]
+        else:
+            assert abs(one["loss"] - two["loss"]) < 1e-4, (one["loss"], two["loss"])
         for key in ("rollout_chosen_rate", "suffix_chosen_rate", "groups_preference", "judge_calls"):
             assert one.get(key) == two.get(key), key
-        assert two["judge_failed_calls"] == 0 and two["groups_preference"] > 0
+        assert two["judge_failed_calls"] == 0
+    assert sum(r["groups_preference"] for r in records) > 0  # the served judge's verdicts were trained on
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("overlap", ["false", "true"], ids=["serial", "overlap"])
 def test_resume_matches_an_uninterrupted_sip_run(demo_data: dict, tmp_path: Path, overlap: str) -> None:
-    """With overlap, the checkpoint at step 3 holds step 4's candidates (generated before step
-    3's update); the resumed run must judge those, not regenerate them."""
+    """With overlap, the checkpoint at step 2 holds step 3's candidates (generated before step
+    2's update); the resumed run must judge those, not regenerate them. The reference refresh at
+    step 3 happens after the resume."""
     whole, split = tmp_path / "whole", tmp_path / "split"
-    args = lambda out: _sip_args(demo_data, "dpo", out, "train.steps=6", "sip.reference_refresh_steps=4",  # noqa: E731
+    args = lambda out: _sip_args(demo_data, "dpo", out, "train.steps=4", "sip.reference_refresh_steps=3",  # noqa: E731
                                  f"sip.overlap_judging={overlap}")
     run_cli(args(whole))
-    run_cli([*args(split), "train.exit_interval=3"])
-    run_cli([*args(split), "train.exit_interval=3", "--resume"])
+    run_cli([*args(split), "train.exit_interval=2"])
+    run_cli([*args(split), "train.exit_interval=2", "--resume"])
     resumed, reference = read_metrics(split), read_metrics(whole)
-    assert [r["step"] for r in resumed] == list(range(1, 7))
+    assert [r["step"] for r in resumed] == list(range(1, 5))
     assert [r["loss"] for r in resumed] == [r["loss"] for r in reference]
     assert [r["consumed_samples"] for r in resumed] == [r["consumed_samples"] for r in reference]
+    # With the rules judge (corpus text over the policy's own word salad), two updates already
+    # favour the chosen candidates of a fresh batch.
+    assert reference[2]["dpo_margin"] > 0
