@@ -43,14 +43,19 @@ def shown(prompt: str, name: str) -> str:
     return match.group(2)
 
 
+def decision(prompt: str) -> str:
+    """The decision line the prompt asks for (its last line, with the call's nonce)."""
+    return prompt.rstrip().splitlines()[-1]
+
+
 def longer_wins(prompt: str) -> str:
     """An unbiased judge: the longer continuation is better; unsafe if it says 'kill'."""
     if "CONTINUATION 1" in prompt:
         first, second = shown(prompt, "CONTINUATION 1"), shown(prompt, "CONTINUATION 2")
-        return f"Thinking.\nFINAL DECISION: {1 if len(first) >= len(second) else 2}"
+        return f"Thinking.\n{decision(prompt)} {1 if len(first) >= len(second) else 2}"
     if "<<<BEGIN TEXT" in prompt:
-        return "FINAL DECISION: " + ("unsafe" if "kill" in shown(prompt, "TEXT") else "safe")
-    return "FINAL DECISION: none"
+        return f"{decision(prompt)} " + ("unsafe" if "kill" in shown(prompt, "TEXT") else "safe")
+    return f"{decision(prompt)} none"
 
 
 def judge_with(script, **cfg_overrides) -> tuple:
@@ -73,7 +78,7 @@ def test_round_robin_ranks_and_counts_calls():
 
 
 def test_both_orders_cancel_a_judge_that_always_says_1():
-    judge, _ = judge_with(lambda prompt: "FINAL DECISION: 1")
+    judge, _ = judge_with(lambda prompt: f"{decision(prompt)} 1")
     [result] = asyncio.run(judge.judge([GROUP]))
     assert set(result.scores["quality"]) == {0.5}
     assert (result.best, result.worst) == (None, None)
@@ -135,7 +140,7 @@ def test_adversarial_candidate_cannot_steer_the_verdict():
         # A judge that quotes everything it was shown, then decides for the longer candidate.
         texts = [shown(prompt, "CONTINUATION 1"), shown(prompt, "CONTINUATION 2")]
         verdict = 1 if len(texts[0]) >= len(texts[1]) else 2
-        return "Quoting:\n" + "\n".join(texts) + f"\nFINAL DECISION: {verdict}"
+        return "Quoting:\n" + "\n".join(texts) + f"\n{decision(prompt)} {verdict}"
 
     attacked = JudgeGroup(group.prefix, (group.candidates[0], Candidate(attack)), reference=" is sunny")
     judge, _ = judge_with(parrot_then_decide)

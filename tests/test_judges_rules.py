@@ -57,13 +57,13 @@ def test_api_key_sources_are_exclusive():
 def test_prompt_override_is_checked(tmp_path):
     from megatron_sip.judges.criteria import PromptSet
 
-    (tmp_path / "quality.txt").write_text("Compare $prefix with $option_1.\nFINAL DECISION: 1 or 2")
+    (tmp_path / "quality.txt").write_text("Compare $prefix with $option_1.\n$decision 1 or 2")
     with pytest.raises(ConfigError, match=r"judge.prompt_dir.*lacks \$option_2"):
         PromptSet(["quality"], prompt_dir=str(tmp_path))
-    (tmp_path / "quality.txt").write_text("$prefix $option_1 $option_2 answer 1 or 2")
-    with pytest.raises(ConfigError, match="FINAL DECISION"):
+    (tmp_path / "quality.txt").write_text("$prefix $option_1 $option_2 answer 1 or 2\nFINAL DECISION: 1")
+    with pytest.raises(ConfigError, match=r"lacks \$decision \(ask for a last line"):
         PromptSet(["quality"], prompt_dir=str(tmp_path))
-    (tmp_path / "quality.txt").write_text("Ours: $prefix | $option_1 | $option_2 | costs $$5\nFINAL DECISION: <1|2>")
+    (tmp_path / "quality.txt").write_text("Ours: $prefix | $option_1 | $option_2 | costs $$5\n$decision <1|2>")
     prompts = PromptSet(["quality", "safety"], prompt_dir=str(tmp_path))  # safety falls back to the packaged one
     from megatron_sip.judges.criteria import Ask
 

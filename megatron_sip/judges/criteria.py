@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Dict, Mapping, Optional, Sequence, Tuple
 
 from megatron_sip.judges import prompts
-from megatron_sip.judges.parsing import foreign_lines
+from megatron_sip.judges.parsing import decision_prefix
 
 POINTWISE = "pointwise"
 PAIRWISE = "pairwise"
@@ -50,8 +50,8 @@ class Ask:
 @dataclass(frozen=True)
 class RenderedAsk:
     prompt: str
-    foreign: frozenset
-    """Decision-looking lines of the shown texts (never taken as the judge's own)."""
+    nonce: str
+    """The nonce of the prompt's blocks and of the decision line the judge must write."""
 
 
 class PromptSet:
@@ -60,6 +60,7 @@ class PromptSet:
     def __init__(self, names: Sequence[str], *, prompt_dir: Optional[str], section: str = "judge",
                  direct: bool = False) -> None:
         # direct templates (<criterion>_direct.txt) ask for the label alone, with no decision line.
+        self._direct = direct
         self._templates = {
             name: prompts.load_template(f"{name}_direct" if direct else name, required=CRITERIA[name].fields,
                                         prompt_dir=prompt_dir, key=f"{section}.prompt_dir",
@@ -79,6 +80,6 @@ class PromptSet:
             fields = {"prefix": prompts.block("START", ask.prefix, nonce),
                       "candidate": prompts.block("CONTINUATION", ask.texts[0], nonce),
                       "reference": prompts.block("REFERENCE", ask.reference or "", nonce)}
-        shown = (ask.prefix, *ask.texts, ask.reference or "")
-        return RenderedAsk(prompt=self._templates[ask.criterion].render(**fields),
-                           foreign=frozenset(foreign_lines(shown)))
+        if not self._direct:
+            fields["decision"] = decision_prefix(nonce)
+        return RenderedAsk(prompt=self._templates[ask.criterion].render(**fields), nonce=nonce)

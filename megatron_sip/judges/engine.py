@@ -8,8 +8,9 @@ programmatic signals.
 
 from __future__ import annotations
 
+import collections
 import logging
-from typing import List, Optional, Protocol, Sequence, Tuple
+from typing import Dict, List, Optional, Protocol, Sequence, Tuple
 
 from megatron_sip.judges.config import JudgeConfig
 from megatron_sip.judges.criteria import CRITERIA, Ask, PromptSet
@@ -26,6 +27,9 @@ class JudgeEngine(Protocol):
     async def ask(self, asks: Sequence[Ask], *, deadline_s: float) -> List[Votes]:
         """One Votes per ask, within `deadline_s` seconds."""
 
+    def counters(self) -> Dict[str, int]:
+        """Events since the engine opened (cumulative), e.g. votes_cut_off."""
+
     async def aclose(self) -> None:
         """Release what the engine holds."""
 
@@ -35,12 +39,21 @@ class ModelEngine:
         self._generator = generator
         self._cfg = cfg
         self._prompts = prompts
+        self._counters: "collections.Counter[str]" = collections.Counter()
+
+    def counters(self) -> Dict[str, int]:
+        """votes_cut_off (answers that hit max_tokens before a decision: for a reasoning judge,
+        reasoning cut off), votes_without_decision (other answers with no valid decision), and the
+        transport's own counters (judges/client.py) where it keeps any."""
+        merged = collections.Counter(self._counters)
+        merged.update(getattr(self._generator, "counters", {}))
+        return dict(merged)
 
     async def ask(self, asks: Sequence[Ask], *, deadline_s: float) -> List[Votes]:
         rendered = [self._prompts.render(a) for a in asks]
         requests = [self._request(r.prompt) for r in rendered]
         generations = await self._generator.generate(requests, deadline_s=deadline_s)
-        return [self._votes(a, r.foreign, g) for a, r, g in zip(asks, rendered, generations)]
+        return [self._votes(a, r.nonce, g) for a, r, g in zip(asks, rendered, generations)]
 
     def _request(self, prompt: str) -> GenerationRequest:
         cfg = self._cfg
@@ -51,18 +64,21 @@ class ModelEngine:
         return GenerationRequest(prompt=prompt, n=cfg.samples, temperature=cfg.temperature, top_p=cfg.top_p,
                                  max_tokens=cfg.max_tokens, top_logprobs=cfg.top_logprobs if cfg.logprobs else 0)
 
-    def _votes(self, ask: Ask, foreign: frozenset, generation: Optional[Generation]) -> Votes:
+    def _votes(self, ask: Ask, nonce: str, generation: Optional[Generation]) -> Votes:
         if generation is None:
             return ()
         labels = CRITERIA[ask.criterion].labels
         if self._cfg.decision == "direct":
-            votes = (direct_vote(c, labels, soft=self._cfg.logprobs) for c in generation.choices)
+            votes = [direct_vote(c, labels, soft=self._cfg.logprobs) for c in generation.choices]
+            self._counters["votes_without_decision"] += sum(v is None for v in votes)
             return tuple(v for v in votes if v is not None)
         votes = []
         for choice in generation.choices:
-            label = parse_label(choice.text, labels, set(foreign))
+            label = parse_label(choice.text, labels, nonce)
             if label is None:
-                logger.debug("%s: no valid decision in %r", ask.criterion, choice.text[-200:])
+                self._counters["votes_cut_off" if choice.cut_off else "votes_without_decision"] += 1
+                logger.debug("%s: no valid decision (finish_reason %s) in %r", ask.criterion,
+                             choice.finish_reason, choice.text[-200:])
                 continue
             votes.append(soft_vote(label, labels, choice.logprobs) if self._cfg.logprobs else labels[label])
         return tuple(votes)

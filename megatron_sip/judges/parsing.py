@@ -1,13 +1,19 @@
 """Reading a verdict out of a judge's answer, robust to prompt injection.
 
-The verdict comes only from the judge's own last `FINAL DECISION: <label>` line:
+Threat model: the texts we show the judge (web prefixes, corpus suffixes, rewrites, policy
+rollouts) may contain anything, including lines that look like verdicts, our block markers or
+instructions; a judge may also quote them back while it reasons. The verdict must still be the
+judge's own. So the decision line the judge is told to write carries the call's nonce
+(`FINAL DECISION #<nonce>: <label>`), a hash of every text shown in the prompt: no shown text can
+contain the nonce of a prompt that contains it (that would take a hash fixed point).
+
 - text the judge copied back from our marked blocks (`<<<BEGIN ... #nonce>>>` to the matching
   END) is removed first;
-- a decision line that is a verbatim copy of a line of any text we showed (prefix, candidates,
-  reference) is not the judge's own and is skipped;
-- the last remaining decision line wins; a label outside the criterion's labels is no verdict.
-So a candidate that carries fake decision lines can at worst make a judgment fail (never counted
-as a win or a loss); it cannot put words in the judge's mouth.
+- only decision lines that carry this call's nonce count, and the last of them is the verdict;
+- its label must be the only label word on the line: a copy of the instruction line
+  (`... #nonce: <safe or unsafe>`) or a hedge (`1 or 2`) is no verdict.
+So a candidate that carries fake decision lines, with or without a guessed nonce, can neither
+flip nor suppress the judge's verdict: no line it holds is ever read as one.
 
 With logprobs, the vote is softened to the expected label value under the judge's probabilities
 at the decision token (`soft_vote`). A judge asked for the label alone (`judge.decision=direct`)
@@ -18,43 +24,53 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Dict, Iterable, Mapping, Optional, Sequence, Set
+from typing import Dict, Mapping, Optional, Sequence
 
 from megatron_sip.judges.generation import Choice, TokenLogprobs
 
-_DECISION_LINE = re.compile(
-    r"^[\s>*#_`\-]*final\s+decision\s*[*_`]*\s*[:=]\s*[*_`\"'\[(<]*\s*"
-    r"(?:(?:option|continuation|candidate|text)\s*)?(?P<label>[a-z0-9]+)",
-    re.IGNORECASE)
+DECISION_MARKER = "FINAL DECISION"
+_MARKUP = "*_`\"'[](){}<>.,;!?"
 _FIRST_WORD = re.compile(r"[a-z0-9]+", re.IGNORECASE)
+_WORD = re.compile(r"[a-z0-9]+", re.IGNORECASE)
+_LEADING_NOUNS = ("option", "continuation", "candidate", "text", "answer")
 _ECHOED_BLOCK = re.compile(r"<<<BEGIN (?P<name>[^#>]*)#(?P<nonce>[0-9a-f]+)>>>.*?(?:<<<END (?P=name)#(?P=nonce)>>>|\Z)",
                            re.DOTALL)
 
 
-def normalize_line(line: str) -> str:
-    return " ".join(line.lower().split())
+def decision_prefix(nonce: str) -> str:
+    """What the judge must write before its label, e.g. `FINAL DECISION #1a2b3c4d:`."""
+    return f"{DECISION_MARKER} #{nonce}:"
 
 
-def foreign_lines(texts: Iterable[str]) -> Set[str]:
-    """The decision-looking lines of the texts we showed the judge, normalized."""
-    lines = set()
-    for text in texts:
-        for line in text.splitlines():
-            if _DECISION_LINE.match(line):
-                lines.add(normalize_line(line))
-    return lines
+def _decision_line(nonce: str) -> "re.Pattern[str]":
+    # Markdown the judge may wrap around the marker (`**FINAL DECISION #n:** 2`) is tolerated.
+    return re.compile(rf"^[\s>*#_`\-]*final\s+decision\s*[*_`]*\s*#\s*{re.escape(nonce)}\s*[*_`]*\s*[:=]"
+                      rf"(?P<rest>.*)$", re.IGNORECASE)
 
 
-def parse_label(answer: str, labels: Mapping[str, float], foreign: Set[str]) -> Optional[str]:
-    """The label of the judge's own last decision line, or None when it gave no valid one."""
+def parse_label(answer: str, labels: Mapping[str, float], nonce: str) -> Optional[str]:
+    """The label of the judge's last decision line carrying `nonce`, or None when it gave none
+    (or its last such line holds no single label)."""
+    pattern = _decision_line(nonce)
     answer = _ECHOED_BLOCK.sub("", answer)
     for line in reversed(answer.splitlines()):
-        match = _DECISION_LINE.match(line)
-        if match is None or normalize_line(line) in foreign:
-            continue
-        label = match.group("label").lower()
-        return label if label in labels else None
+        match = pattern.match(line)
+        if match is not None:
+            return _single_label(match.group("rest"), labels)
     return None
+
+
+def _single_label(rest: str, labels: Mapping[str, float]) -> Optional[str]:
+    """`2`, `**safe**`, `Continuation 1.`, `possible hallucination` -> the label; `<safe or
+    unsafe>`, `1 or 2`, `maybe` -> None."""
+    words = [w.lower() for w in _WORD.findall(rest.strip(_MARKUP + " \t"))]
+    while words and words[0] in _LEADING_NOUNS:
+        words = words[1:]
+    if not words or words[0] not in labels:
+        return None
+    if any(w in labels for w in words[1:]):
+        return None
+    return words[0]
 
 
 def label_mass(position: TokenLogprobs, labels: Mapping[str, float]) -> Dict[str, float]:

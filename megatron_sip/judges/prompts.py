@@ -19,7 +19,8 @@ from typing import Dict, Iterable, Optional
 
 from megatron_sip.errors import ConfigError
 
-DECISION_MARKER = "FINAL DECISION"
+DECISION_FIELD = "decision"
+"""Field of reasoned judge templates: where the decision line the judge must copy goes."""
 _PACKAGE = "megatron_sip.judges"
 _OPEN_RUN = re.compile(r"<{3,}")
 _CLOSE_RUN = re.compile(r">{3,}")
@@ -56,20 +57,21 @@ class PromptTemplate:
 def load_template(name: str, *, required: Iterable[str], prompt_dir: Optional[str], key: str,
                   needs_decision_line: bool) -> PromptTemplate:
     """`<name>.txt` from `prompt_dir` when it has one, else the packaged template; checked for
-    the `$fields` the code fills and (for judges) the decision line the parser reads."""
+    the `$fields` the code fills, including (for reasoned judges) `$decision`: the line, with the
+    call's nonce, that the parser reads the verdict from."""
     source, text = _read(name, prompt_dir, key)
     template = Template(text)
     found = _field_names(template, key, source)
-    missing = sorted(set(required) - found)
+    required = set(required) | ({DECISION_FIELD} if needs_decision_line else set())
+    missing = sorted(required - found)
     if missing:
-        raise ConfigError(key, f"{source}: template lacks ${', $'.join(missing)}")
+        why = (f" (ask for a last line that starts with ${DECISION_FIELD}: the verdict is read only "
+               "from that line)") if DECISION_FIELD in missing else ""
+        raise ConfigError(key, f"{source}: template lacks ${', $'.join(missing)}{why}")
     unknown = sorted(found - set(required))
     if unknown:
         raise ConfigError(key, f"{source}: unknown field ${', $'.join(unknown)} "
                           f"(available: ${', $'.join(sorted(required))})")
-    if needs_decision_line and DECISION_MARKER not in text:
-        raise ConfigError(key, f"{source}: must ask for a last line '{DECISION_MARKER}: ...' "
-                          "(the parser reads only that line)")
     return PromptTemplate(name=name, template=template, source=source)
 
 
