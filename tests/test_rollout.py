@@ -32,11 +32,20 @@ def policy():
     destroy_parallel()
 
 
+@pytest.fixture(params=["layers", "static"])
+def engine(request) -> str:
+    """Every test of the generator's contract runs on both engines (the `layers` default and the
+    `static` fallback)."""
+    return request.param
+
+
 @pytest.fixture
-def generator(policy) -> RolloutGenerator:
+def generator(policy, engine) -> RolloutGenerator:
     model, ctx = policy
     model.train()
-    return RolloutGenerator([model], ctx, eod_id=EOD_ID, vocab_size=VOCAB_SIZE)
+    generator = RolloutGenerator([model], ctx, eod_id=EOD_ID, vocab_size=VOCAB_SIZE, engine=engine)
+    assert generator.engine.name == engine
+    return generator
 
 
 @torch.no_grad()
@@ -73,9 +82,9 @@ def test_greedy_equals_argmax_of_full_recompute(policy, generator) -> None:
     (SamplingParams(temperature=0.8, top_p=0.9, top_k=20), VOCAB_SIZE),
     (SamplingParams(), VOCAB_SIZE - 3),  # the last 3 ids play the embedding's padding
 ], ids=["t1", "t0.8-top-p-top-k", "padded-vocab"])
-def test_logprobs_equal_a_forward_pass_over_prefix_and_sample(policy, params, vocab_size) -> None:
+def test_logprobs_equal_a_forward_pass_over_prefix_and_sample(policy, engine, params, vocab_size) -> None:
     model, ctx = policy
-    generator = RolloutGenerator([model], ctx, eod_id=EOD_ID, vocab_size=vocab_size)
+    generator = RolloutGenerator([model], ctx, eod_id=EOD_ID, vocab_size=vocab_size, engine=engine)
     batch = generator.generate(PREFIXES, num_samples=3, max_new_tokens=8, temperature=params.temperature,
                                top_p=params.top_p, top_k=params.top_k, seed=3)
     assert int(batch.tokens_PKN.max()) < vocab_size
@@ -94,7 +103,9 @@ def test_logprobs_equal_a_forward_pass_over_prefix_and_sample(policy, params, vo
 def test_prefix_is_encoded_once_for_its_samples(policy, generator) -> None:
     model, _ = policy
     shapes: List[torch.Size] = []
-    handle = model.register_forward_pre_hook(lambda module, args: shapes.append(args[0].shape))
+    # Both engines embed through the model's embedding module (the tokens it is given, [B, S]).
+    handle = model.embedding.register_forward_pre_hook(
+        lambda module, args, kwargs: shapes.append(kwargs["input_ids"].shape), with_kwargs=True)
     try:
         generator.generate([PREFIXES[0]], num_samples=5, max_new_tokens=4, seed=1)
     finally:
@@ -247,7 +258,7 @@ class _Wrapper(torch.nn.Module):
         self.module = module
 
 
-def test_eval_mode_and_no_autograd_during_generation_then_train_mode(policy) -> None:
+def test_eval_mode_and_no_autograd_during_generation_then_train_mode(policy, engine) -> None:
     model, ctx = policy
     wrapped = _Wrapper(model).train()
     seen: Dict[str, set] = {"training": set(), "grad": set()}
@@ -256,9 +267,10 @@ def test_eval_mode_and_no_autograd_during_generation_then_train_mode(policy) -> 
         seen["training"].add(module.training)
         seen["grad"].add(torch.is_grad_enabled())
 
-    handle = model.register_forward_pre_hook(record)
+    # The layers engine calls the model's modules, not GPTModel.forward: watch a module both use.
+    handle = model.decoder.layers[0].mlp.register_forward_pre_hook(record)
     try:
-        batch = RolloutGenerator([wrapped], ctx, eod_id=EOD_ID, vocab_size=VOCAB_SIZE).generate(
+        batch = RolloutGenerator([wrapped], ctx, eod_id=EOD_ID, vocab_size=VOCAB_SIZE, engine=engine).generate(
             PREFIXES, num_samples=2, max_new_tokens=3)
     finally:
         handle.remove()
@@ -267,7 +279,10 @@ def test_eval_mode_and_no_autograd_during_generation_then_train_mode(policy) -> 
     assert not any(t.requires_grad for t in (batch.logprobs_model_PKN, batch.logprobs_sampling_PKN))
 
 
-def test_kv_cache_is_released_and_global_rng_untouched(generator, monkeypatch) -> None:
+def test_kv_cache_is_released_and_global_rng_untouched(policy, monkeypatch) -> None:
+    """Static engine: Megatron's context and its buffers are freed after each pass."""
+    model, ctx = policy
+    generator = RolloutGenerator([model], ctx, eod_id=EOD_ID, vocab_size=VOCAB_SIZE, engine="static")
     contexts: List[weakref.ref] = []
     buffers: List[weakref.ref] = []
     original = mcore.new_static_context
@@ -289,6 +304,30 @@ def test_kv_cache_is_released_and_global_rng_untouched(generator, monkeypatch) -
     gc.collect()
     assert len(contexts) == 3 and buffers  # one pass per distinct length
     assert all(ref() is None for ref in contexts + buffers)
+    assert torch.equal(torch.get_rng_state(), rng_before)
+
+
+def test_layer_cache_is_released_and_global_rng_untouched(policy, monkeypatch) -> None:
+    """Layers engine: one pass for all lengths; its cache buffers are freed after it."""
+    from megatron_sip.rollout import layer_engine
+
+    model, ctx = policy
+    generator = RolloutGenerator([model], ctx, eod_id=EOD_ID, vocab_size=VOCAB_SIZE, engine="layers")
+    caches: List[weakref.ref] = []
+    buffers: List[weakref.ref] = []
+    original_init = layer_engine.LayerCache.__init__
+
+    def tracked_init(self, *args, **kwargs) -> None:
+        original_init(self, *args, **kwargs)
+        caches.append(weakref.ref(self))
+        buffers.extend(weakref.ref(t) for t in self.keys + self.values)
+
+    monkeypatch.setattr(layer_engine.LayerCache, "__init__", tracked_init)
+    rng_before = torch.get_rng_state()
+    generator.generate(PREFIXES, num_samples=2, max_new_tokens=3)
+    gc.collect()
+    assert len(caches) == 1 and len(buffers) == 2 * len(model.decoder.layers)
+    assert all(ref() is None for ref in caches + buffers)
     assert torch.equal(torch.get_rng_state(), rng_before)
 
 

@@ -30,11 +30,16 @@ import torch
 
 from megatron_sip.model.build import unwrap_model
 from megatron_sip.parallel import ParallelContext
+from megatron_sip.compat.inference import RolloutEngineChoice, choose_rollout_engine
+from megatron_sip.logging_utils import get_logger
 from megatron_sip.rollout import mcore
+from megatron_sip.rollout.layer_engine import unsupported_reason
+from megatron_sip.rollout.passes import LayerPass, StaticPass
 from megatron_sip.rollout.sampling import SamplingParams, prefix_uniforms, sample_next
 from megatron_sip.rollout.stages import PipelineForward
 
 PrefixInput = Union[Sequence[Sequence[int]], torch.Tensor]
+_log = get_logger(__name__)
 
 
 @dataclass(frozen=True)
@@ -104,11 +109,15 @@ class RolloutGenerator:
     `eod_id` ends a sample (None: samples always run to `max_new_tokens`). `vocab_size` is the
     tokenizer's size: ids at or above it (the embedding's padding) are never sampled.
     `max_rows_per_pass` bounds the rows (prefixes x samples) decoded together, hence the KV cache;
-    None = all prefixes of one length in one pass.
+    None = all prefixes in one pass (one pass per length with the static engine).
+    `engine`: `auto` (the `layers` engine where it reproduces the model, else `static`), `layers`
+    or `static`; `cuda_graphs`: None = on where possible (CUDA, no pipeline split), False = off
+    (`megatron_sip.compat.inference` decides and says why).
     """
 
     def __init__(self, model_chunks: Sequence[Any], ctx: ParallelContext, *, eod_id: Optional[int], vocab_size: int,
-                 max_rows_per_pass: Optional[int] = None) -> None:
+                 max_rows_per_pass: Optional[int] = None, engine: str = "auto",
+                 cuda_graphs: Optional[bool] = None) -> None:
         if len(model_chunks) != 1:
             raise ValueError(f"rollouts need one model chunk per rank, got {len(model_chunks)} "
                              "(virtual pipeline stages are not supported)")
@@ -123,6 +132,10 @@ class RolloutGenerator:
         self.eod_id, self.vocab_size = eod_id, vocab_size
         self.max_rows_per_pass = max_rows_per_pass
         self.stages = PipelineForward(self.model, ctx)
+        self.engine: RolloutEngineChoice = choose_rollout_engine(
+            requested=engine, device=ctx.device, unsupported=unsupported_reason(self.model),
+            pipeline_parallel_size=ctx.pp_size, cuda_graphs=cuda_graphs)
+        _log.info("rollout engine: %s (%s)", self.engine.name, self.engine.reason)
 
     def generate(self, prefixes: PrefixInput, *, num_samples: int, max_new_tokens: int,
                  temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0, seed: int = 0,
@@ -144,7 +157,7 @@ class RolloutGenerator:
         with self._generation_mode():
             for group in self._passes(token_lists, num_samples):
                 uniforms_BN = torch.cat([prefix_uniforms(seed, ids[p], num_samples, max_new_tokens) for p in group])
-                output = self._generate_pass(torch.stack([token_lists[p] for p in group]), uniforms_BN,
+                output = self._generate_pass([token_lists[p] for p in group], uniforms_BN,
                                              num_samples=num_samples, max_new_tokens=max_new_tokens, params=params)
                 _scatter(batch, group, output, num_samples)
         return _finalize(batch, self.eod_id)
@@ -177,13 +190,17 @@ class RolloutGenerator:
                 raise ValueError(f"prefix {p} has token ids outside [0, {self.vocab_size})")
 
     def _passes(self, token_lists: List[torch.Tensor], num_samples: int) -> Iterator[List[int]]:
-        """Prefix indices of each pass: equal lengths, at most `max_rows_per_pass` rows."""
-        by_length: Dict[int, List[int]] = defaultdict(list)
-        for p, tokens in enumerate(token_lists):
-            by_length[tokens.numel()].append(p)
+        """Prefix indices of each pass: at most `max_rows_per_pass` rows; equal lengths only for
+        the static engine."""
         per_pass = None if self.max_rows_per_pass is None else max(1, self.max_rows_per_pass // num_samples)
-        for length in sorted(by_length):
-            group = by_length[length]
+        if self.engine.name == "static":
+            by_length: Dict[int, List[int]] = defaultdict(list)
+            for p, tokens in enumerate(token_lists):
+                by_length[tokens.numel()].append(p)
+            groups = [by_length[length] for length in sorted(by_length)]
+        else:
+            groups = [list(range(len(token_lists)))]
+        for group in groups:
             step = per_pass or len(group)
             for start in range(0, len(group), step):
                 yield group[start:start + step]
@@ -201,31 +218,28 @@ class RolloutGenerator:
             self.wrapped.train(was_training)
 
     # -- one pass ---------------------------------------------------------------------------------
-    def _generate_pass(self, prefixes_GL: torch.Tensor, uniforms_BN: torch.Tensor, *, num_samples: int,
-                       max_new_tokens: int, params: SamplingParams) -> _PassOutput:
-        num_prefixes, prefix_len = prefixes_GL.shape
-        num_rows = num_prefixes * num_samples
-        device = self.ctx.device
-        context = mcore.new_static_context(max_batch_size=num_rows,
-                                           max_sequence_length=prefix_len + max_new_tokens)
-        try:
-            positions_GL = torch.arange(prefix_len, device=device).expand(num_prefixes, -1)
-            logits_GVp = self.stages.last_logits(prefixes_GL.to(device), positions_GL, context)
-            mcore.expand_prefix_cache(context, num_prefixes=num_prefixes, num_samples=num_samples,
-                                      prefix_len=prefix_len)
-            mcore.start_decoding(context, sequence_len_offset=prefix_len)
-            logits_BVp = None if logits_GVp is None else logits_GVp.repeat_interleave(num_samples, dim=0)
-            return self._decode(logits_BVp, uniforms_BN.to(device), context, num_rows=num_rows,
-                                prefix_len=prefix_len, params=params)
-        finally:
-            mcore.release(context)
+    def _open_pass(self, prefixes: List[torch.Tensor], *, num_samples: int, max_new_tokens: int):
+        if self.engine.name == "static":
+            return StaticPass(self.model, self.ctx, prefixes, num_samples=num_samples, max_new_tokens=max_new_tokens)
+        return LayerPass(self.model, self.ctx, prefixes, num_samples=num_samples, max_new_tokens=max_new_tokens,
+                         cuda_graphs=self.engine.cuda_graphs)
 
-    def _decode(self, logits_BVp: Optional[torch.Tensor], uniforms_BN: torch.Tensor, context: Any, *,
-                num_rows: int, prefix_len: int, params: SamplingParams) -> _PassOutput:
-        """Sample, feed back, repeat: N tokens or until every row has emitted EOD."""
+    def _generate_pass(self, prefixes: List[torch.Tensor], uniforms_BN: torch.Tensor, *, num_samples: int,
+                       max_new_tokens: int, params: SamplingParams) -> _PassOutput:
+        model_pass = self._open_pass(prefixes, num_samples=num_samples, max_new_tokens=max_new_tokens)
+        try:
+            return self._decode(model_pass, uniforms_BN.to(self.ctx.device), num_rows=len(prefixes) * num_samples,
+                                params=params)
+        finally:
+            model_pass.close()
+
+    def _decode(self, model_pass: Any, uniforms_BN: torch.Tensor, *, num_rows: int,
+                params: SamplingParams) -> _PassOutput:
+        """Prefill, then sample, feed back, repeat: N tokens or until every row has emitted EOD."""
         device, max_new_tokens = self.ctx.device, uniforms_BN.shape[1]
         tokens, logprobs = [], []
         finished_B = torch.zeros(num_rows, dtype=torch.bool, device=device)
+        logits_BVp = model_pass.prefill()
         for step in range(max_new_tokens):
             tokens_B = torch.empty(num_rows, dtype=torch.int64, device=device)
             if logits_BVp is not None:  # last pipeline stage
@@ -235,9 +249,7 @@ class RolloutGenerator:
             tokens.append(self.stages.from_last_stage(tokens_B))
             if step == max_new_tokens - 1 or self._all_finished(finished_B, tokens_B):
                 break
-            positions_B1 = torch.full((num_rows, 1), prefix_len + step, dtype=torch.int64, device=device)
-            logits_BVp = self.stages.last_logits(tokens_B[:, None], positions_B1, context)
-            mcore.advance(context, 1)
+            logits_BVp = model_pass.step(tokens_B, step)
         return self._pass_output(tokens, logprobs, num_rows)
 
     def _all_finished(self, finished_B: torch.Tensor, tokens_B: torch.Tensor) -> bool:

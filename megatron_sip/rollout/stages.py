@@ -18,7 +18,7 @@ Legend: B rows, S positions in this forward pass, H hidden size, Vp padded vocab
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import torch
 import torch.distributed as dist
@@ -50,6 +50,19 @@ class PipelineForward:
             dist.send(output.contiguous(), dst=self.stage_ranks[self.ctx.pp_rank + 1], group=self.ctx.pp_group)
             return None
         return output[:, -1, :]
+
+    def run_stage(self, *, first: Callable[[], torch.Tensor], body: Callable[[torch.Tensor], torch.Tensor],
+                  head: Callable[[torch.Tensor], torch.Tensor], num_rows: int, num_positions: int,
+                  ) -> Optional[torch.Tensor]:
+        """The same pass for an engine that runs the stage's pieces itself: `first()` gives the
+        [S, B, H] input on the first stage (others receive it), `body` runs the local layers,
+        `head` turns the last stage's hidden states into [B, Vp] logits."""
+        hidden_SBH = first() if self.ctx.is_first_stage else self._receive_activations(num_rows, num_positions)
+        hidden_SBH = body(hidden_SBH)
+        if not self.ctx.is_last_stage:
+            dist.send(hidden_SBH.contiguous(), dst=self.stage_ranks[self.ctx.pp_rank + 1], group=self.ctx.pp_group)
+            return None
+        return head(hidden_SBH)
 
     def _receive_activations(self, num_rows: int, num_positions: int) -> torch.Tensor:
         hidden_SBH = torch.empty(num_positions, num_rows, self.hidden_size, dtype=self.activation_dtype,
