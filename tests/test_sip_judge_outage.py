@@ -30,7 +30,7 @@ def _wait_for_steps(metrics: Path, count: int, proc: subprocess.Popen, timeout_s
 
 
 def test_training_survives_a_judge_outage(demo_data: dict, tmp_path: Path) -> None:
-    server = FaultServer(mode="ok", reply="The text is fine.\nFINAL DECISION: safe").start()
+    server = FaultServer(mode="ok", reply="The text is fine.\n{decision} safe").start()
     command = [sys.executable, "-m", "megatron_sip", "train", "--config", "examples/data/demo.yaml",
                "sip.objective=dpo", f"data.paths=[{demo_data['train']}]", "sip.num_rollouts=1",
                "judge.backend=openai", f"judge.endpoints=[{server.url}]", "judge.criteria=[safety]",

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from megatron_sip.judges.config import EndpointConfig, JudgeConfig
+from megatron_sip.judges.config import EndpointConfig, JudgeConfig, check_reasoning_judge
 from megatron_sip.judges.criteria import PromptSet
 from megatron_sip.judges.engine import JudgeEngine, ModelEngine
 from megatron_sip.judges.generation import TextGenerator
@@ -34,4 +34,11 @@ async def open_engine(cfg: JudgeConfig) -> JudgeEngine:
 
         return RulesEngine(load_lexicon(cfg.lexicon, key="judge.lexicon"))
     prompts = PromptSet(cfg.criteria, prompt_dir=cfg.prompt_dir, direct=cfg.decision == "direct")  # checked before any model loads
-    return ModelEngine(await open_generator(cfg, backend=cfg.backend, section="judge"), cfg, prompts)
+    generator = await open_generator(cfg, backend=cfg.backend, section="judge")
+    try:
+        # With judge.model null the served id is known only now: recognise reasoning judges by it.
+        check_reasoning_judge(cfg, getattr(generator, "model", None))
+    except BaseException:
+        await generator.aclose()
+        raise
+    return ModelEngine(generator, cfg, prompts)

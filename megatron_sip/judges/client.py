@@ -4,14 +4,21 @@
 deadline: each request is sent to the least-loaded endpoint whose breaker lets it through, with at
 most `max_concurrency_per_endpoint` in flight per endpoint, a per-attempt timeout, and up to
 `max_retries` retries (exponential backoff with full jitter, possibly on another endpoint).
-HTTP 5xx, 408, 429, timeouts, broken connections, malformed JSON and wrong schemas are retried;
-other 4xx are the request's own fault and are not. The API key is sent as a bearer token and never
-logged.
+HTTP 5xx, 408, 429, timeouts, broken connections, malformed JSON, wrong schemas and bodies over
+`max_response_bytes` are retried; other 4xx are the request's own fault and are not. The API key is
+sent as a bearer token and never logged.
+
+Servers differ in what they honour (docs/judges.md, "Which judge server"): one that answers fewer
+choices than `n` asked is asked again for the missing ones (and from then on for at most as many
+per request as it gave); one that refuses log-probs with a 400 is asked without them. Both are
+logged once per endpoint and counted in `counters`, never treated as endpoint faults. Readiness is
+`GET /health`, or `GET /v1/models` where a server has no /health route.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import hashlib
 import json
 import logging
@@ -21,14 +28,14 @@ import ssl
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import aiohttp
 
 from megatron_sip.errors import ConfigError
 from megatron_sip.judges.config import EndpointConfig
 from megatron_sip.judges.endpoints import Endpoint, EndpointPool
-from megatron_sip.judges.generation import Generation, GenerationRequest, JudgeUnavailableError
+from megatron_sip.judges.generation import Choice, Generation, GenerationRequest, JudgeUnavailableError
 from megatron_sip.judges import wire
 
 logger = logging.getLogger(__name__)
@@ -37,6 +44,7 @@ _HEALTH_POLL_S = 0.5
 _PROBE_TIMEOUT_S = 5.0  # one /health probe; a busy server may be slow to answer it
 _BACKOFF_CAP_FACTOR = 16.0
 _ERROR_BODY_CHARS = 200
+_READ_CHUNK_BYTES = 64 * 1024
 
 
 class _AttemptFailed(Exception):
@@ -89,6 +97,9 @@ class OpenAIClient:
         self._session: Optional[aiohttp.ClientSession] = None
         self.model: Optional[str] = cfg.model
         self._rng = random.Random()
+        self.counters: "collections.Counter[str]" = collections.Counter()
+        """Events worth a metric: short_choice_lists, follow_up_requests, logprobs_rejected,
+        oversized_responses."""
 
     def __repr__(self) -> str:
         return f"OpenAIClient(endpoints={self._urls}, model={self.model!r})"
@@ -125,19 +136,61 @@ class OpenAIClient:
         if self._session is None or self._pool is None:
             raise RuntimeError("OpenAIClient.start() was not awaited")
         deadline = time.monotonic() + deadline_s
-        results: List[Optional[Generation]] = [None] * len(requests)
-        tasks = [asyncio.create_task(self._run_chunk([requests[i] for i in idx], deadline, idx, results))
-                 for idx in self._chunks(requests)]
-        if not tasks:
-            return results
-        _, pending = await asyncio.wait(tasks, timeout=max(deadline - time.monotonic(), 0.0))
-        for task in pending:
+        choices: List[List[Choice]] = [[] for _ in requests]
+        task = asyncio.create_task(self._collect(list(requests), deadline, choices))
+        done, _ = await asyncio.wait([task], timeout=max(deadline - time.monotonic(), 0.0))
+        if not done:
             task.cancel()
-        if pending:
-            await asyncio.wait(pending)
+            await asyncio.wait([task])
             logger.warning("%s: %d request(s) unanswered at the %.1fs deadline", self._section,
-                           len(pending), deadline_s)
-        return results
+                           sum(len(c) < r.n for c, r in zip(choices, requests)), deadline_s)
+        # A request answered in part (some of its votes came back) keeps what it got.
+        return [Generation(choices=tuple(c)) if c else None for c in choices]
+
+    async def _collect(self, requests: List[GenerationRequest], deadline: float,
+                       choices: List[List[Choice]]) -> None:
+        """Fill `choices[i]` with up to `requests[i].n` choices: one round of requests (split by
+        the choices cap), then further rounds for what a server left out, until every request is
+        complete or a round brings nothing new."""
+        seeded = [self._seeded(r) for r in requests]
+        rounds = 0
+        while True:
+            parts = [(i, part) for i, r in enumerate(seeded) if len(choices[i]) < r.n
+                     for part in self._parts(r, r.n - len(choices[i]), rounds)]
+            if not parts:
+                return
+            if rounds > 0:
+                self.counters["follow_up_requests"] += len(parts)
+            answers: List[Optional[Generation]] = [None] * len(parts)
+            chunks = self._chunks([p for _, p in parts])
+            await asyncio.gather(*(self._run_chunk([parts[k][1] for k in idx], deadline, idx, answers)
+                                   for idx in chunks))
+            got = 0
+            for (i, part), answer in zip(parts, answers):
+                if answer is not None:
+                    room = seeded[i].n - len(choices[i])
+                    choices[i].extend(answer.choices[:room])
+                    got += min(len(answer.choices), room)
+            rounds += 1
+            if got == 0:
+                return
+
+    def _parts(self, request: GenerationRequest, missing: int, round_index: int) -> List[GenerationRequest]:
+        """Requests for `missing` more choices of `request`, at most the choices cap each. Each
+        part of a seeded request gets a seed of its own, so no two parts sample the same votes."""
+        cap = self._choices_cap() or missing
+        sizes = [min(cap, missing - k) for k in range(0, missing, cap)]
+        if request.seed is None or (len(sizes) == 1 and round_index == 0):
+            return [replace(request, n=size) for size in sizes]
+        return [replace(request, n=size, seed=_derived_seed(request.seed, round_index, k))
+                for k, size in enumerate(sizes)]
+
+    def _choices_cap(self) -> Optional[int]:
+        """max_choices_per_request, else the fewest choices any endpoint was seen to answer."""
+        if self._cfg.max_choices_per_request is not None:
+            return self._cfg.max_choices_per_request
+        learned = [e.max_choices for e in self._pool.endpoints if e.max_choices is not None]
+        return min(learned) if learned else None
 
     def _chunks(self, requests: Sequence[GenerationRequest]) -> List[List[int]]:
         """Indices grouped into requests: several prompts per request only on the completions api."""
@@ -163,11 +216,15 @@ class OpenAIClient:
                 generations = await asyncio.wait_for(self._post(endpoint, chunk), timeout=timeout)
                 for index, generation in zip(indices, generations):
                     results[index] = generation
+                self._learn_choices(endpoint, chunk, generations)
                 ok = True
                 return
             except _LogprobsRejected:
-                logger.warning("endpoint %s rejects logprobs; asking it without them", endpoint.url)
+                if endpoint.logprobs_supported:
+                    logger.warning("%s: endpoint %s rejects log-probs; asking it without them (votes "
+                                   "are then read from the answer text)", self._section, endpoint.url)
                 endpoint.logprobs_supported = False
+                self.counters["logprobs_rejected"] += 1
                 endpoint_fault = False
                 continue
             except asyncio.TimeoutError:
@@ -184,6 +241,21 @@ class OpenAIClient:
             if attempt <= self._cfg.max_retries:
                 await self._backoff(attempt, deadline)
 
+    def _learn_choices(self, endpoint: Endpoint, chunk: List[GenerationRequest],
+                       generations: List[Generation]) -> None:
+        """A server that answered fewer choices than asked is a valid server that ignores `n`
+        (or caps it): remember how many it gives, ask for the rest elsewhere and in later rounds."""
+        short = [(r.n, len(g.choices)) for r, g in zip(chunk, generations) if len(g.choices) < r.n]
+        if not short:
+            return
+        self.counters["short_choice_lists"] += len(short)
+        given = max(1, min(got for _, got in short))
+        if endpoint.max_choices is None or given < endpoint.max_choices:
+            logger.warning("%s: endpoint %s answered %d choice(s) where n=%d was asked; asking it for "
+                           "at most %d per request from now on", self._section, endpoint.url,
+                           min(got for _, got in short), max(n for n, _ in short), given)
+            endpoint.max_choices = given
+
     async def _backoff(self, attempt: int, deadline: float) -> None:
         cap = self._cfg.retry_backoff_s * min(2.0 ** (attempt - 1), _BACKOFF_CAP_FACTOR)
         delay = self._rng.uniform(0.0, cap)  # full jitter: retries of a burst do not align
@@ -193,10 +265,10 @@ class OpenAIClient:
         api = self._cfg.api
         path = wire.CHAT_PATH if api == "chat" else wire.COMPLETIONS_PATH
         asks_logprobs = endpoint.logprobs_supported and chunk[0].top_logprobs > 0
-        body = wire.request_body(api, self.model, self._seeded(chunk), with_logprobs=asks_logprobs)
+        body = wire.request_body(api, self.model, chunk, with_logprobs=asks_logprobs)
         try:
             async with self._session.post(endpoint.url + path, json=body) as response:
-                raw = await response.read()
+                raw = await self._read_capped(response)
                 status = response.status
         except (aiohttp.ClientError, ConnectionError) as exc:
             raise _AttemptFailed(f"{type(exc).__name__}: {exc}") from exc
@@ -210,6 +282,24 @@ class OpenAIClient:
         except wire.SchemaError as exc:
             raise _AttemptFailed(f"wrong schema: {exc}") from exc
 
+    async def _read_capped(self, response: aiohttp.ClientResponse) -> bytes:
+        """The body, read in chunks and abandoned past `max_response_bytes`: a misbehaving server
+        cannot make this process hold more than that per request."""
+        cap = self._cfg.max_response_bytes
+        if response.content_length is not None and response.content_length > cap:
+            self.counters["oversized_responses"] += 1
+            raise _AttemptFailed(f"response body of {response.content_length} bytes is over "
+                                 f"{self._section}.max_response_bytes={cap}")
+        parts: List[bytes] = []
+        size = 0
+        async for piece in response.content.iter_chunked(_READ_CHUNK_BYTES):
+            size += len(piece)
+            if size > cap:
+                self.counters["oversized_responses"] += 1
+                raise _AttemptFailed(f"response body over {self._section}.max_response_bytes={cap} bytes")
+            parts.append(piece)
+        return b"".join(parts)
+
     @staticmethod
     def _raise_for_status(status: int, raw: bytes, asked_logprobs: bool) -> None:
         text = raw[:_ERROR_BODY_CHARS].decode("utf-8", errors="replace")
@@ -221,13 +311,12 @@ class OpenAIClient:
             raise _AttemptFailed(f"HTTP {status}: {text}")
         raise _AttemptFailed(f"HTTP {status}: {text}", retryable=False, endpoint_fault=False)
 
-    def _seeded(self, chunk: List[GenerationRequest]) -> List[GenerationRequest]:
+    def _seeded(self, request: GenerationRequest) -> GenerationRequest:
         """With `request_seed`, each prompt gets a seed of its own derived from its text."""
-        if self._cfg.request_seed is None or chunk[0].seed is not None:
-            return chunk
-        digest = hashlib.sha256(f"{self._cfg.request_seed}:{chunk[0].prompt}".encode()).digest()
-        seed = int.from_bytes(digest[:4], "little") & 0x7FFFFFFF
-        return [replace(r, seed=seed) for r in chunk]
+        if self._cfg.request_seed is None or request.seed is not None:
+            return request
+        digest = hashlib.sha256(f"{self._cfg.request_seed}:{request.prompt}".encode()).digest()
+        return replace(request, seed=int.from_bytes(digest[:4], "little") & 0x7FFFFFFF)
 
     async def _wait_healthy(self) -> List[str]:
         deadline = time.monotonic() + self._cfg.health_timeout_s
@@ -240,28 +329,48 @@ class OpenAIClient:
             if time.monotonic() + _HEALTH_POLL_S > deadline:
                 problems = "; ".join(f"{u} ({p})" for u, p in zip(self._urls, checks))
                 raise JudgeUnavailableError(
-                    f"{self._section}.endpoints: none answered {wire.HEALTH_PATH} within "
+                    f"{self._section}.endpoints: none answered {wire.HEALTH_PATH} (or {wire.MODELS_PATH}) within "
                     f"{self._cfg.health_timeout_s:.0f}s: {problems}. Start the servers or fix the URLs")
             await asyncio.sleep(_HEALTH_POLL_S)
 
     async def _probe(self, url: str, timeout_s: float) -> Optional[str]:
-        """None when healthy, else what went wrong."""
+        """None when ready, else what went wrong. A server without a /health route (404, e.g.
+        llama-cpp-python's) is ready once /v1/models lists a model."""
+        status, problem = await self._get_status(url + wire.HEALTH_PATH, timeout_s)
+        if status == 200:
+            return None
+        if status != 404:
+            return problem
+        status, models_problem = await self._get_status(url + wire.MODELS_PATH, timeout_s, models=True)
+        if status == 200:
+            return None
+        return f"{wire.HEALTH_PATH}: HTTP 404, {wire.MODELS_PATH}: {models_problem}"
+
+    async def _get_status(self, url: str, timeout_s: float, *,
+                          models: bool = False) -> Tuple[Optional[int], str]:
         timeout = aiohttp.ClientTimeout(total=timeout_s)
         try:
-            async with self._session.get(url + wire.HEALTH_PATH, timeout=timeout) as response:
-                await response.read()
-                return None if response.status == 200 else f"HTTP {response.status}"
+            async with self._session.get(url, timeout=timeout) as response:
+                raw = await self._read_capped(response)
+                if response.status == 200 and models:
+                    if not wire.parse_model_ids(json.loads(raw)):
+                        return None, "lists no model"
+                return response.status, f"HTTP {response.status}"
+        except (json.JSONDecodeError, UnicodeDecodeError, wire.SchemaError) as exc:
+            return None, f"not a model list ({exc})"
+        except _AttemptFailed as exc:
+            return None, str(exc)
         except (aiohttp.ClientError, ConnectionError, asyncio.TimeoutError) as exc:
-            return type(exc).__name__
+            return None, type(exc).__name__
 
     async def _discover_model(self, url: str) -> str:
         timeout = aiohttp.ClientTimeout(total=self._cfg.request_timeout_s)
         try:
             async with self._session.get(url + wire.MODELS_PATH, timeout=timeout) as response:
-                payload = json.loads(await response.read())
+                payload = json.loads(await self._read_capped(response))
             ids = wire.parse_model_ids(payload)
         except (aiohttp.ClientError, ConnectionError, asyncio.TimeoutError, json.JSONDecodeError,
-                wire.SchemaError) as exc:
+                UnicodeDecodeError, wire.SchemaError, _AttemptFailed) as exc:
             raise JudgeUnavailableError(f"{url}{wire.MODELS_PATH}: cannot list models ({exc}); "
                                         f"set {self._section}.model") from exc
         if not ids:
@@ -277,3 +386,9 @@ class OpenAIClient:
                 raise ConfigError(f"{self._section}.ca_file", f"{path} not found")
             return ssl.create_default_context(cafile=str(path))
         return True
+
+
+def _derived_seed(seed: int, round_index: int, part: int) -> int:
+    """The seed of one part of a split request: distinct per part, reproducible from the seed."""
+    digest = hashlib.sha256(f"{seed}:{round_index}:{part}".encode()).digest()
+    return int.from_bytes(digest[:4], "little") & 0x7FFFFFFF

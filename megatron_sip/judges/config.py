@@ -15,6 +15,11 @@ PAIR_ORDERS = ("both", "random")
 APIS = ("chat", "completions")
 DECISIONS = ("reasoned", "direct")
 _URL_SCHEMES = ("http://", "https://")
+REASONING_MODEL_MARKERS = ("gpt-oss", "gpt_oss", "deepseek-r1", "qwq", "thinking")
+"""Substrings of model names (lower case) that mark reasoning models when judge.reasoning is null."""
+REASONING_MIN_MAX_TOKENS = 1024
+"""Smallest judge.max_tokens for a reasoning judge: room for a short analysis and the decision
+line (GPT-OSS at low reasoning effort typically writes a few hundred analysis tokens)."""
 
 
 @dataclass
@@ -52,6 +57,12 @@ class EndpointConfig:
     """How long an open breaker waits before one trial request may close it again."""
     health_timeout_s: float = 300.0
     """How long to wait at start for at least one endpoint's /health."""
+    max_choices_per_request: Optional[int] = None
+    """Most choices (`n`) asked of a server in one request; null = all of them until a server
+    answers fewer than asked (trtllm-serve's harmony path answers one), after which the client
+    asks for at most that many per request; 1 = one request per vote."""
+    max_response_bytes: int = 8 * 1024 * 1024
+    """Largest response body read from a server; a larger one is a failed attempt."""
     request_seed: Optional[int] = None
     """Seed sent with each request (mixed with the prompt) for reproducible sampling; null = none."""
     local_model: str = "embedded"
@@ -63,7 +74,10 @@ class EndpointConfig:
         check_choice(section, self, "api", APIS)
         check_positive(section, self, "max_concurrency_per_endpoint", "max_prompts_per_request",
                        "request_timeout_s", "health_timeout_s", "circuit_failures",
-                       "circuit_cooldown_s")
+                       "circuit_cooldown_s", "max_response_bytes")
+        if self.max_choices_per_request is not None and self.max_choices_per_request < 1:
+            raise ConfigError(f"{section}.max_choices_per_request",
+                              f"must be >= 1 or null, got {self.max_choices_per_request}")
         if self.max_retries < 0:
             raise ConfigError(f"{section}.max_retries", f"must be >= 0, got {self.max_retries}")
         if self.retry_backoff_s < 0:
@@ -104,6 +118,10 @@ class JudgeConfig(EndpointConfig):
     the log-probs are always asked for and this picks soft (true) or the likeliest label (false)."""
     top_logprobs: int = 5
     """Alternatives per token returned with logprobs."""
+    reasoning: Optional[bool] = None
+    """The judge is a reasoning model that analyses before it answers (GPT-OSS and other
+    thinking models): it needs decision=reasoned and room in max_tokens. null = recognised from
+    the model name (judge.model, else the id the server lists); see REASONING_MODEL_MARKERS."""
     schedule: str = "round_robin"
     """Pairs judged for quality: round_robin (all pairs), pivot (each vs the suffix), knockout
     (brackets for best and worst, then the most uncertain pairs; see docs/judges.md)."""
@@ -140,10 +158,35 @@ class JudgeConfig(EndpointConfig):
             raise ConfigError("judge.temperature", f"must be >= 0, got {self.temperature}")
         if not 0.0 < self.knockout_budget <= 1.0:
             raise ConfigError("judge.knockout_budget", f"{self.knockout_budget} is not in (0, 1]")
+        if self.backend != "rules":
+            check_reasoning_judge(self, self.model)
+
+    def is_reasoning(self, model_id: Optional[str]) -> bool:
+        """judge.reasoning when set, else whether `model_id` names a known reasoning model."""
+        if self.reasoning is not None:
+            return self.reasoning
+        name = (model_id or "").lower()
+        return any(marker in name for marker in REASONING_MODEL_MARKERS)
 
     def weight(self, criterion: str) -> float:
         """The reward weight of `criterion` (1.0 when judge.weights does not name it)."""
         return float(self.weights.get(criterion, 1.0))
+
+
+def check_reasoning_judge(cfg: "JudgeConfig", model_id: Optional[str]) -> None:
+    """A reasoning judge writes its analysis before the answer: the first answer token
+    (decision=direct) is not its verdict, and a small max_tokens cuts it off before it answers.
+    Called with the configured model at load and with the served id once the client knows it."""
+    if not cfg.is_reasoning(model_id):
+        return
+    why = ("judge.reasoning=true" if cfg.reasoning else f"'{model_id}' is a reasoning model "
+           "(set judge.reasoning=false if it is not)")
+    if cfg.decision == "direct":
+        raise ConfigError("judge.decision", f"direct reads the first answer token, but {why}: it "
+                          "analyses first; use judge.decision=reasoned")
+    if cfg.max_tokens < REASONING_MIN_MAX_TOKENS:
+        raise ConfigError("judge.max_tokens", f"{cfg.max_tokens} is too small to reason and answer "
+                          f"({why}); use >= {REASONING_MIN_MAX_TOKENS}")
 
 
 @dataclass

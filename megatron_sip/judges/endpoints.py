@@ -30,6 +30,8 @@ class Endpoint:
     trial_in_flight: bool = False
     logprobs_supported: bool = True
     """False once the server rejected a request for asking logprobs."""
+    max_choices: Optional[int] = None
+    """Most choices the server answered where more were asked (None = it honoured every `n`)."""
     num_requests: int = 0
     num_failures: int = 0
     order: int = field(default=0)

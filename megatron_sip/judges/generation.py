@@ -43,9 +43,18 @@ class TokenLogprobs:
 @dataclass(frozen=True)
 class Choice:
     text: str
+    """The answer (`content` on the chat api; empty when the server sent null)."""
     finish_reason: Optional[str] = None
     logprobs: Optional[Tuple[TokenLogprobs, ...]] = None
     """Per generated token, when the server returned them."""
+    reasoning: Optional[str] = None
+    """A reasoning model's analysis, when the server returns it apart from the answer
+    (`reasoning_content` or `reasoning` of the message)."""
+
+    @property
+    def cut_off(self) -> bool:
+        """The generation hit `max_tokens` (for a reasoning judge: usually before its answer)."""
+        return self.finish_reason == "length"
 
 
 @dataclass(frozen=True)

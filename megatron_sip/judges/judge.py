@@ -59,6 +59,10 @@ class AsyncJudge:
     async def aclose(self) -> None:
         await self._engine.aclose()
 
+    def counters(self) -> Dict[str, int]:
+        """The engine's and transport's event counts since opening (see ModelEngine.counters)."""
+        return dict(self._engine.counters())
+
     async def judge(self, groups: Sequence[JudgeGroup], *,
                     deadline_s: Optional[float] = None) -> List[GroupResult]:
         for index, group in enumerate(groups):

@@ -9,7 +9,7 @@
 from __future__ import annotations
 
 import concurrent.futures
-from typing import List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence
 
 from megatron_sip.judges.config import JudgeConfig
 from megatron_sip.judges.judge import AsyncJudge
@@ -40,6 +40,11 @@ class JudgeService:
                deadline_s: Optional[float] = None) -> "concurrent.futures.Future[List[GroupResult]]":
         return self._loop.submit(self._judge.judge(list(groups), deadline_s=deadline_s))
 
+    def counters(self) -> Dict[str, int]:
+        """Event counts since opening (votes_cut_off, logprobs_rejected, ...), read on the
+        service's loop so that they are consistent."""
+        return self._loop.run(_read_counters(self._judge))
+
     def close(self) -> None:
         try:
             self._loop.run(self._judge.aclose())
@@ -51,3 +56,7 @@ class JudgeService:
 
     def __exit__(self, *exc_info) -> None:
         self.close()
+
+
+async def _read_counters(judge: AsyncJudge) -> Dict[str, int]:
+    return judge.counters()

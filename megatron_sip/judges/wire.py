@@ -60,9 +60,15 @@ def batch_key(request: GenerationRequest) -> Tuple:
 
 
 def parse_response(api: str, payload: Any, *, num_prompts: int, n: int) -> List[Generation]:
-    """One Generation per prompt; choices are matched to prompts by `index // n`."""
+    """One Generation per prompt; choices are matched to prompts by `index // n`.
+
+    A prompt may get fewer than `n` choices: servers that ignore `n` (trtllm-serve's harmony path
+    for GPT-OSS answers one choice whatever `n` asks) are valid servers, and the client asks them
+    for the missing votes. More than `n`, or none at all, is a wrong schema."""
     if not isinstance(payload, dict) or not isinstance(payload.get("choices"), list):
         raise SchemaError("response has no 'choices' list")
+    if not payload["choices"]:
+        raise SchemaError("response has an empty 'choices' list")
     buckets: List[List[Tuple[int, Choice]]] = [[] for _ in range(num_prompts)]
     for position, raw in enumerate(payload["choices"]):
         if not isinstance(raw, dict):
@@ -74,8 +80,8 @@ def parse_response(api: str, payload: Any, *, num_prompts: int, n: int) -> List[
         buckets[index // n].append((index, choice))
     generations = []
     for prompt_index, bucket in enumerate(buckets):
-        if len(bucket) != n:
-            raise SchemaError(f"prompt {prompt_index} got {len(bucket)} choices, expected n={n}")
+        if len({i for i, _ in bucket}) != len(bucket):
+            raise SchemaError(f"prompt {prompt_index} got two choices with the same index")
         generations.append(Generation(choices=tuple(c for _, c in sorted(bucket, key=lambda x: x[0]))))
     return generations
 
@@ -93,11 +99,15 @@ def _parse_chat_choice(raw: Dict[str, Any]) -> Choice:
         raise SchemaError("chat choice has no 'message' object")
     content = message.get("content")
     if content is None:
-        content = ""  # e.g. a reasoning model that ran out of tokens: parsed as no decision
+        content = ""  # e.g. a reasoning model cut off by max_tokens before it answered
     if not isinstance(content, str):
         raise SchemaError("chat message 'content' is not a string")
+    # vLLM and trtllm-serve's reasoning parsers put the analysis in `reasoning_content`; newer
+    # vLLM releases call it `reasoning`.
+    reasoning = message.get("reasoning_content", message.get("reasoning"))
     return Choice(text=content, finish_reason=raw.get("finish_reason"),
-                  logprobs=_chat_logprobs(raw.get("logprobs")))
+                  logprobs=_chat_logprobs(raw.get("logprobs")),
+                  reasoning=reasoning if isinstance(reasoning, str) else None)
 
 
 def _parse_completion_choice(raw: Dict[str, Any]) -> Choice:

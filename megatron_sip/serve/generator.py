@@ -10,6 +10,7 @@ Log-probs come from the raw logits (before temperature and top-p), as OpenAI ser
 from __future__ import annotations
 
 import itertools
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -25,6 +26,8 @@ class LocalRequest:
     request: GenerationRequest
     add_special_tokens: bool = False
     """True for raw completions prompts; chat-templated prompts already carry their specials."""
+    deadline: Optional[float] = None
+    """time.monotonic() by which its generation must end (cut, finish_reason "length"); None = none."""
 
 
 @dataclass(frozen=True)
@@ -92,7 +95,8 @@ class LocalGenerator:
                                  padding=True, add_special_tokens=first.add_special_tokens)
         max_new = max(requests[r.request_index].request.max_tokens for r in chunk)
         want_logprobs = any(requests[r.request_index].request.top_logprobs > 0 for r in chunk)
-        config = self._generation_config(params, max_new, want_logprobs)
+        config = self._generation_config(params, max_new, want_logprobs,
+                                         _time_left([requests[r.request_index].deadline for r in chunk]))
         if params.seed is not None:
             torch.manual_seed(params.seed)
         with torch.no_grad():
@@ -106,12 +110,13 @@ class LocalGenerator:
             choice, n_new = self._choice(new_ids, request, logits)
             yield choice, int(prompt_counts[b]), n_new
 
-    def _generation_config(self, params: GenerationRequest, max_new: int, want_logprobs: bool):
+    def _generation_config(self, params: GenerationRequest, max_new: int, want_logprobs: bool,
+                           max_time_s: Optional[float]):
         from transformers import GenerationConfig
 
         sample = params.temperature > 0.0
         return GenerationConfig(
-            max_new_tokens=max_new, do_sample=sample,
+            max_new_tokens=max_new, do_sample=sample, max_time=max_time_s,
             temperature=params.temperature if sample else None,
             top_p=params.top_p if sample else None, top_k=0 if sample else None,
             pad_token_id=self.tokenizer.pad_token_id, eos_token_id=sorted(self._eos_ids),
@@ -158,3 +163,11 @@ class LocalGenerator:
         if self.tokenizer.eos_token_id is not None:
             ids.add(int(self.tokenizer.eos_token_id))
         return ids
+
+
+def _time_left(deadlines: Sequence[Optional[float]]) -> Optional[float]:
+    """Seconds the batch may generate: until the latest deadline of its rows (a row whose own
+    deadline passed earlier was already answered with a timeout); None when a row has none."""
+    if not deadlines or any(d is None for d in deadlines):
+        return None
+    return max(0.01, max(deadlines) - time.monotonic())

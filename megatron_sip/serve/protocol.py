@@ -4,7 +4,8 @@ Accepted fields (the subset trtllm-serve and vllm serve share that the judges us
 (a string or a list of strings; completions) or messages (chat), n, temperature, top_p,
 max_tokens (or max_completion_tokens), logprobs (completions: an int = alternatives per token;
 chat: a bool, with top_logprobs), seed, stop (a string or a list). `stream: true` is refused.
-Other fields are ignored. Invalid values raise `RequestError`, answered as HTTP 400.
+Other fields are ignored. Invalid values raise `RequestError`, answered as HTTP 400; each request
+is validated on its own, so a bad one never reaches the batch that serves the others.
 """
 
 from __future__ import annotations
@@ -20,7 +21,18 @@ from megatron_sip.serve.generator import LocalOutput
 MAX_N = 16
 MAX_TOP_LOGPROBS = 20
 MAX_STOP = 4
+MAX_SEED = 2**63 - 1  # torch.manual_seed takes a 64-bit seed; OpenAI's is a signed int64
 DEFAULT_MAX_TOKENS = 256
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one request may ask of the server (flags of `megatron-sip serve`)."""
+
+    max_tokens: int = 4096
+    """Largest max_tokens a request may ask; above it: HTTP 400."""
+    max_prompts: int = 64
+    """Most prompts in one completions request; above it: HTTP 400."""
 
 
 class RequestError(ValueError):
@@ -30,7 +42,8 @@ class RequestError(ValueError):
         self.status = status
 
     def body(self) -> Dict[str, Any]:
-        kind = "invalid_request_error" if self.status == 400 else "not_found_error"
+        kind = {400: "invalid_request_error", 401: "authentication_error", 404: "not_found_error",
+                429: "rate_limit_error", 503: "server_error", 504: "timeout_error"}.get(self.status, "server_error")
         return {"error": {"message": str(self), "type": kind, "param": self.param, "code": self.status}}
 
 
@@ -43,7 +56,7 @@ class ParsedRequest:
     """Sampling parameters; its `prompt` is unused."""
 
 
-def parse(body: Any, *, chat: bool, served_model: str) -> ParsedRequest:
+def parse(body: Any, *, chat: bool, served_model: str, limits: Limits = Limits()) -> ParsedRequest:
     if not isinstance(body, dict):
         raise RequestError(None, "the body must be a JSON object")
     model = body.get("model")
@@ -56,15 +69,20 @@ def parse(body: Any, *, chat: bool, served_model: str) -> ParsedRequest:
         n=_int(body, "n", 1, low=1, high=MAX_N),
         temperature=_number(body, "temperature", 1.0, low=0.0, high=2.0),
         top_p=_number(body, "top_p", 1.0, low=1e-6, high=1.0),
-        max_tokens=_int(body, "max_tokens", _int(body, "max_completion_tokens", DEFAULT_MAX_TOKENS, low=1), low=1),
-        seed=_int(body, "seed", None),
+        max_tokens=_int(body, "max_tokens", _int(body, "max_completion_tokens", min(DEFAULT_MAX_TOKENS, limits.max_tokens), low=1,
+                                                 high=limits.max_tokens), low=1, high=limits.max_tokens),
+        seed=_int(body, "seed", None, low=0, high=MAX_SEED),
         stop=_stop(body.get("stop")),
         top_logprobs=_top_logprobs(body, chat),
     )
     if chat:
         messages = _messages(body.get("messages"))
         return ParsedRequest(prompts=("",), messages=messages, params=params)
-    return ParsedRequest(prompts=_prompts(body.get("prompt")), messages=None, params=params)
+    prompts = _prompts(body.get("prompt"))
+    if len(prompts) > limits.max_prompts:
+        raise RequestError("prompt", f"{len(prompts)} prompts in one request; this server takes at most "
+                           f"{limits.max_prompts} (--max-prompts-per-request)")
+    return ParsedRequest(prompts=prompts, messages=None, params=params)
 
 
 def completion_body(model: str, outputs: Sequence[LocalOutput], *, with_logprobs: bool) -> Dict[str, Any]:

@@ -32,6 +32,11 @@ STAT_KEYS = tuple(
     [f"reward_{k}" for k in KINDS] + [f"chosen_{k}" for k in KINDS] +
     ["groups_preference", "groups_fallback", "groups_skipped", "groups_tied", "groups_judge_failed",
      "judge_calls", "judge_failed_calls", "judge_latency_s"])
+# Judge client events counted since the previous step's report (summed over DP replicas): votes
+# cut off by max_tokens, answers without a decision, refused log-probs, short choice lists.
+EVENT_KEYS = ("votes_cut_off", "votes_without_decision", "logprobs_rejected", "short_choice_lists",
+              "follow_up_requests", "oversized_responses")
+STAT_KEYS += tuple(f"judge_{key}" for key in EVENT_KEYS)
 
 
 @dataclass
@@ -48,6 +53,7 @@ class ReplicaJudge:
         self.cfg, self.ctx, self.codec = cfg, ctx, codec
         self.service = None
         self.outage = False
+        self._counted: Dict[str, int] = {}
         if ctx.mp_rank == 0:
             from megatron_sip.judges import JudgeService
 
@@ -75,6 +81,7 @@ class ReplicaJudge:
         if self.service is not None:
             results = pending.future.result()
             selections = self._select(pending.candidate_sets, results, stats)
+            self._add_events(stats)
             for p, sel in enumerate(selections):
                 table[p] = torch.tensor([int(sel.mode), _idx(sel.chosen), _idx(sel.rejected)])
         if self.ctx.world_size > 1:
@@ -116,6 +123,14 @@ class ReplicaJudge:
             add("judge_latency_s", result.latency_s)
         self._track_outage(judge_failed, len(selections))
         return selections
+
+    def _add_events(self, stats: torch.Tensor) -> None:
+        counters = self.service.counters()
+        for key in EVENT_KEYS:
+            row = STAT_KEYS.index(f"judge_{key}")
+            stats[row] += torch.tensor([counters.get(key, 0) - self._counted.get(key, 0), 1.0],
+                                       dtype=torch.float64)
+        self._counted = counters
 
     def _track_outage(self, failed: int, total: int) -> None:
         down = total > 0 and failed == total

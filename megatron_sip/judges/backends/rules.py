@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 from importlib import resources
 from pathlib import Path
-from typing import FrozenSet, List, Optional, Sequence, Tuple
+from typing import Dict, FrozenSet, List, Optional, Sequence, Tuple
 
 from megatron_sip.errors import ConfigError
 from megatron_sip.judges.criteria import Ask
@@ -96,6 +96,9 @@ class RulesEngine:
 
     async def ask(self, asks: Sequence[Ask], *, deadline_s: float) -> List[Votes]:
         return [(self._judge(a),) for a in asks]
+
+    def counters(self) -> Dict[str, int]:
+        return {}  # every ask gets its vote: nothing to count
 
     def _judge(self, ask: Ask) -> float:
         if ask.criterion == "safety":
