@@ -18,6 +18,7 @@ from megatron_sip.errors import ConfigError, InputError
 from megatron_sip.model.config import ModelConfig
 from megatron_sip.parallel import ParallelContext
 from megatron_sip.train.checkpoint import CheckpointManager
+from megatron_sip.train.plain_state import verify_checkpoint_files
 
 _TRAINER_FILE = "trainer_state.pt"
 _LAYOUT_FIELDS = ("tensor_model_parallel_size", "pipeline_model_parallel_size", "sequence_parallel",
@@ -49,7 +50,14 @@ class ModelSource:
 
 
 def resolve_checkpoint(spec: str, *, label: str, ctx: ParallelContext) -> ModelSource:
-    """The checkpoint directory `spec` names (see the module docstring); InputError if none."""
+    """The checkpoint directory `spec` names (see the module docstring); InputError if none, or
+    if a file of it holds more than plain data (checked before any model is built)."""
+    source = _find_checkpoint(spec, label=label, ctx=ctx)
+    verify_checkpoint_files(source.checkpoint_dir)
+    return source
+
+
+def _find_checkpoint(spec: str, *, label: str, ctx: ParallelContext) -> ModelSource:
     path = Path(spec).expanduser().resolve()
     if (path / "checkpoints").is_dir():
         latest = CheckpointManager(path / "checkpoints", ctx, keep_last=1).latest()

@@ -8,9 +8,10 @@ relies on it.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
+import torch
 
 from megatron_sip.data.dataset import SIPSample
 from megatron_sip.sip.selection import FALLBACK_SUFFIX, REWRITE, ROLLOUT, SUFFIX
@@ -63,3 +64,25 @@ def continuation_for(candidates: CandidateSet, index: Optional[int]) -> np.ndarr
     if index == FALLBACK_SUFFIX:
         return np.asarray(candidates.sample.suffix, dtype=np.int64)
     return candidates.tokens[index]
+
+
+def candidate_sets_to_state(sets: Sequence[CandidateSet]) -> List[Dict[str, Any]]:
+    """Candidate sets as tensors and plain containers (what a checkpoint may hold)."""
+    return [{"dataset_id": c.sample.dataset_id, "doc_id": c.sample.doc_id, "split": c.sample.split,
+             "prefix": torch.from_numpy(np.asarray(c.sample.prefix, dtype=np.int64)),
+             "suffix": torch.from_numpy(np.asarray(c.sample.suffix, dtype=np.int64)),
+             "rewrite": None if c.sample.rewrite is None else torch.from_numpy(np.asarray(c.sample.rewrite, dtype=np.int64)),
+             "judgments": dict(c.sample.judgments), "kinds": list(c.kinds),
+             "tokens": [torch.from_numpy(np.asarray(t, dtype=np.int64)) for t in c.tokens]} for c in sets]
+
+
+def candidate_sets_from_state(state: Sequence[Dict[str, Any]]) -> List[CandidateSet]:
+    """The inverse of `candidate_sets_to_state`."""
+    sets = []
+    for entry in state:
+        rewrite = None if entry["rewrite"] is None else entry["rewrite"].numpy()
+        sample = SIPSample(dataset_id=int(entry["dataset_id"]), doc_id=int(entry["doc_id"]), split=int(entry["split"]),
+                           prefix=entry["prefix"].numpy(), suffix=entry["suffix"].numpy(), rewrite=rewrite,
+                           judgments=dict(entry["judgments"]))
+        sets.append(CandidateSet(sample, tuple(entry["kinds"]), tuple(t.numpy() for t in entry["tokens"])))
+    return sets

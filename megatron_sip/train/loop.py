@@ -142,6 +142,7 @@ class Trainer:
             _log.info("no checkpoint under %s: starting from scratch", self.checkpoints.root)
             return
         saved = self.checkpoints.load(path, modules=self.step_fn.checkpoint_modules(), optimizer=self.state.optimizer)
+        self.checkpoints.abandon_newer_than(path)
         self.step = self.last_saved_step = int(saved["step"])
         self.consumed_samples = int(saved["consumed_samples"])
         self.counters.update(saved["counters"])
