@@ -22,6 +22,18 @@ runs and other processes, and oversubscribed OpenMP threads make the many small 
 step erratic (seconds of spread between identical runs). `--threads 0` keeps torch's default.
 
 The last line prints `speedup=<recompute time / generator time>x` (goal >= 5).
+
+`--shape smollm2`: the generator against Hugging Face `transformers`' `generate` on the
+SmolLM2-135M shape (30 layers, hidden 576, 9 heads in 3 KV groups, ffn 1536, vocabulary 49152,
+RMSNorm, SwiGLU, rope theta 100000, tied embeddings) with random weights: a `LlamaForCausalLM`
+is drawn, then the same weights converted into the GPTModel by the project's converter
+(`model/hf_llama.py`); the max |logit difference| of the two models on the prefix is printed
+as a check. Same prefixes, K samples per prefix, temperature 1, top-p 1, no top-k, fp32, one
+torch thread; `generate(do_sample=True, num_return_sequences=K, use_cache=True)` without EOS (all
+samples run to N, as the generator's do). Settings (`--settings LxKxN ...`, P=`--prefixes`):
+256x8x64 and the paper's 512x16x128. Per setting the two alternate `--repeats` times; the ratio
+is the median of per-pair time ratios. Last line: `speed_vs_hf=<min over settings>` (goal >= 1.2).
+`--engine static` times the earlier loop instead of the default engine choice.
 """
 
 from __future__ import annotations
@@ -43,6 +55,11 @@ from megatron_sip.model.init import init_layout_invariant  # noqa: E402
 from megatron_sip.parallel import destroy_parallel, init_parallel  # noqa: E402
 from megatron_sip.rollout import RolloutGenerator, SamplingParams, prefix_uniforms, sample_next  # noqa: E402
 from megatron_sip.rollout import mcore  # noqa: E402
+
+SMOLLM2_SHAPE = dict(model_type="llama", vocab_size=49152, hidden_size=576, intermediate_size=1536,
+                     num_hidden_layers=30, num_attention_heads=9, num_key_value_heads=3, head_dim=64,
+                     rms_norm_eps=1e-5, tie_word_embeddings=True,
+                     rope_parameters={"rope_type": "default", "rope_theta": 100000.0})
 
 
 def build_model(args: argparse.Namespace):
@@ -73,23 +90,38 @@ def full_recompute(model, prefixes_PL: torch.Tensor, *, num_samples: int, new_to
     return rows_BS[:, prefixes_PL.shape[1]:]
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--shape", choices=("tiny", "smollm2"), default="tiny",
+                        help="tiny: vs full recompute; smollm2: vs transformers' generate")
     parser.add_argument("--prefixes", type=int, default=1, help="P")
     parser.add_argument("--prefix-len", type=int, default=512)
     parser.add_argument("--samples", type=int, default=16, help="K")
     parser.add_argument("--new-tokens", type=int, default=128, help="N")
+    parser.add_argument("--settings", nargs="+", default=["256x8x64", "512x16x128"],
+                        help="smollm2: prefix length x K x N, one per setting")
+    parser.add_argument("--engine", default="auto", help="rollout engine: auto, layers or static")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads (default 1: see the module docstring; 0 = torch's default)")
-    args = parser.parse_args()
+    return parser.parse_args()
+
+
+def main() -> None:
+    args = parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.shape == "smollm2":
+        compare_with_hf(args)
+    else:
+        compare_with_recompute(args)
 
+
+def compare_with_recompute(args: argparse.Namespace) -> None:
     cfg, ctx, model = build_model(args)
     vocab_size = cfg.model.vocab_size
     # No EOD: every row runs to N tokens, as in the recompute loop.
-    generator = RolloutGenerator([model], ctx, eod_id=None, vocab_size=vocab_size)
+    generator = RolloutGenerator([model], ctx, eod_id=None, vocab_size=vocab_size, engine=args.engine)
     prefixes_PL = torch.randint(0, vocab_size, (args.prefixes, args.prefix_len),
                                 generator=torch.Generator().manual_seed(0))
     num_tokens = args.prefixes * args.samples * args.new_tokens
@@ -105,7 +137,7 @@ def main() -> None:
 
     print(f"tiny_cpu model (H={cfg.model.hidden_size}, layers={cfg.model.num_layers}, V={vocab_size}), "
           f"P={args.prefixes} prefix={args.prefix_len} K={args.samples} N={args.new_tokens}, fp32, "
-          f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+          f"torch {torch.__version__}, {torch.get_num_threads()} threads, engine {generator.engine.name}")
     generator.generate(prefixes_PL[:, :32].tolist(), num_samples=args.samples, max_new_tokens=4)  # warm-up
     seconds = {"generator": [], "recompute": []}
     outputs = {}
@@ -124,6 +156,89 @@ def main() -> None:
     destroy_parallel()
     speedup = statistics.median(r / g for g, r in zip(seconds["generator"], seconds["recompute"]))
     print(f"speedup={speedup:.1f}x")
+
+
+
+# -- --shape smollm2: against transformers' generate ------------------------------------------------
+def parse_setting(text: str) -> tuple:
+    prefix_len, samples, new_tokens = (int(v) for v in text.lower().split("x"))
+    return prefix_len, samples, new_tokens
+
+
+def build_smollm2_pair(max_positions: int):
+    """A random-weight SmolLM2-135M-shaped LlamaForCausalLM and the same weights in a GPTModel."""
+    import dataclasses
+
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from megatron_sip.model.convert_hf import load_full_state
+    from megatron_sip.model.hf_llama import hf_to_megatron, llama_shape, model_config_from_hf
+
+    hf_config = {**SMOLLM2_SHAPE, "max_position_embeddings": max_positions}
+    torch.manual_seed(0)
+    hf_model = LlamaForCausalLM(LlamaConfig(**hf_config)).eval()
+    hf_model.generation_config.eos_token_id = None  # no early stop: every sample runs to N
+    hf_model.generation_config.pad_token_id = 0
+    cfg = model_config_from_hf(hf_config, seq_length=max_positions)
+    cfg = dataclasses.replace(cfg, transformer_impl="local", transformer_overrides={"perform_initialization": False})
+    ctx = init_parallel(cfg, seed=0)
+    model = build_gpt_model(cfg, pre_process=True, post_process=True).eval()
+    load_full_state(model, hf_to_megatron(hf_model.state_dict(), cfg, llama_shape(hf_config)), tp_rank=0, tp_size=1)
+    return hf_model, cfg, ctx, model
+
+
+@torch.no_grad()
+def max_logit_difference(hf_model, model, tokens_PL: torch.Tensor) -> float:
+    positions_PL = torch.arange(tokens_PL.shape[1]).expand_as(tokens_PL)
+    ours = model(tokens_PL, positions_PL, None)[..., :SMOLLM2_SHAPE["vocab_size"]]
+    return (ours - hf_model(tokens_PL).logits).abs().max().item()
+
+
+def time_setting(hf_model, generator, prefixes_PL: torch.Tensor, samples: int, new_tokens: int,
+                 repeats: int) -> dict:
+    def run_generator() -> None:
+        generator.generate(prefixes_PL.tolist(), num_samples=samples, max_new_tokens=new_tokens, seed=1)
+
+    @torch.no_grad()
+    def run_hf() -> None:
+        out = hf_model.generate(prefixes_PL, attention_mask=torch.ones_like(prefixes_PL), do_sample=True,
+                                num_return_sequences=samples, max_new_tokens=new_tokens, temperature=1.0,
+                                top_k=0, top_p=1.0, use_cache=True)
+        assert out.shape == (prefixes_PL.shape[0] * samples, prefixes_PL.shape[1] + new_tokens)
+
+    seconds = {"generator": [], "hf_generate": []}
+    for _ in range(repeats):
+        for name, run in (("generator", run_generator), ("hf_generate", run_hf)):
+            start = time.perf_counter()
+            run()
+            seconds[name].append(time.perf_counter() - start)
+    return seconds
+
+
+def compare_with_hf(args: argparse.Namespace) -> None:
+    settings = [parse_setting(text) for text in args.settings]
+    hf_model, cfg, ctx, model = build_smollm2_pair(max(length + new for length, _, new in settings))
+    generator = RolloutGenerator([model], ctx, eod_id=None, vocab_size=cfg.vocab_size, engine=args.engine)
+    prompts = torch.Generator().manual_seed(0)
+    check_PL = torch.randint(0, cfg.vocab_size, (1, 64), generator=prompts)
+    print(f"SmolLM2-135M shape, random weights, fp32, torch {torch.__version__}, {torch.get_num_threads()} threads, "
+          f"engine {generator.engine.name} ({generator.engine.reason}); max |logit difference| vs transformers "
+          f"{max_logit_difference(hf_model, model, check_PL):.2e}")
+    generator.generate(check_PL[:, :16].tolist(), num_samples=2, max_new_tokens=4)  # warm-up
+    time_setting(hf_model, generator, check_PL[:, :16], 2, 4, 1)
+    print(f"{'setting':28s} {'generator s':>12s} {'tok/s':>8s} {'generate s':>11s} {'tok/s':>8s} {'ratio':>6s}")
+    ratios = []
+    for prefix_len, samples, new_tokens in settings:
+        prefixes_PL = torch.randint(0, cfg.vocab_size, (args.prefixes, prefix_len), generator=prompts)
+        seconds = time_setting(hf_model, generator, prefixes_PL, samples, new_tokens, args.repeats)
+        ratio = statistics.median(h / g for g, h in zip(seconds["generator"], seconds["hf_generate"]))
+        ratios.append(ratio)
+        num_tokens = args.prefixes * samples * new_tokens
+        ours, theirs = statistics.median(seconds["generator"]), statistics.median(seconds["hf_generate"])
+        print(f"P={args.prefixes} L={prefix_len} K={samples} N={new_tokens}".ljust(28)
+              + f" {ours:12.2f} {num_tokens / ours:8.1f} {theirs:11.2f} {num_tokens / theirs:8.1f} {ratio:6.2f}")
+    destroy_parallel()
+    print(f"speed_vs_hf={min(ratios):.2f}")
 
 
 if __name__ == "__main__":
