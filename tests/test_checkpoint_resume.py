@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 import sys
@@ -60,7 +61,16 @@ def test_nonfinite_losses_skip_updates_then_stop(tmp_path: Path) -> None:
     done = subprocess.run(command, cwd=REPO_ROOT, env=cli_env(), capture_output=True, text=True, timeout=300)
     assert done.returncode != 0
     assert "consecutive steps had a non-finite loss" in done.stderr
-    records = read_metrics(tmp_path)
+    records = _read_strict_json_lines(tmp_path / "metrics.jsonl")
     skipped = [r for r in records if not r["loss_finite"]]
     assert len(skipped) == 3 and not any(r["update_applied"] for r in skipped)
+    assert all(r["loss"] is None for r in skipped)  # NaN is written as null
     assert records[-1]["nonfinite_steps"] == 3
+
+
+def _read_strict_json_lines(path: Path) -> list:
+    """Parse as strict JSON parsers do: NaN, Infinity and -Infinity are errors."""
+    def refuse(constant: str) -> None:
+        raise ValueError(f"{path}: {constant} is not JSON")
+
+    return [json.loads(line, parse_constant=refuse) for line in path.read_text().splitlines()]

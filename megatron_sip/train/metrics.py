@@ -33,7 +33,7 @@ class MetricsWriter:
     def write(self, record: Dict[str, Any]) -> None:
         if not self.enabled:
             return
-        self._file.write(json.dumps(record, sort_keys=True, default=_json_default) + "\n")
+        self._file.write(strict_json(record) + "\n")
         self._file.flush()
         step = int(record["step"])
         if self._tb is not None:
@@ -74,6 +74,22 @@ def _fmt(value: Any) -> str:
             return f"{value:.3e}"
         return f"{value:.4f}"
     return str(value)
+
+
+def strict_json(record: Dict[str, Any]) -> str:
+    """One line of strict JSON: NaN and infinities (a diverged loss) become null, which every
+    JSON parser reads; bare `NaN` is Python's extension and strict parsers reject it."""
+    return json.dumps(_finite_or_none(record), sort_keys=True, default=_json_default, allow_nan=False)
+
+
+def _finite_or_none(value: Any) -> Any:
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: _finite_or_none(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite_or_none(item) for item in value]
+    return value
 
 
 def _json_default(value: Any) -> Optional[float]:
