@@ -36,7 +36,8 @@ def fsync_tree(root: Path) -> None:
 def write_atomically(path: Path, write: Callable[[IO[bytes]], None]) -> None:
     """`write(stream)` into `path` so that `path` holds either the old or the whole new content."""
     path = Path(path)
-    partial = path.with_name(path.name + _TMP_SUFFIX)
+    # The process id in the name: ranks writing the same file never share a temporary.
+    partial = path.with_name(f"{path.name}.{os.getpid()}{_TMP_SUFFIX}")
     try:
         with open(partial, "wb") as stream:
             write(stream)

@@ -4,6 +4,7 @@ fault injection); the store and the job are the real code under test."""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import List, Optional, Sequence
 
@@ -13,6 +14,7 @@ import pytest
 import megatron_sip.data.rewrite_writer as writer_module
 from megatron_sip.data.build import build_sip_dataset
 from megatron_sip.data.collate import collate_sip
+from megatron_sip.data.documents import IndexedDocuments
 from megatron_sip.data.rewrite_job import RewriteRequest, StaticJudgeRequest, run_rewrite_job
 from megatron_sip.data.rewrite_store import RewriteStoreReader, StoreMeta, store_dir_for
 from megatron_sip.data.rewrite_writer import RewriteStoreWriter
@@ -127,6 +129,12 @@ class SafetyJudge:
         return [{"suffix_safe": float("X" not in r.request.suffix_text)} for r in requests]
 
 
+def _text_config(paths, **kwargs):
+    """run_config for a corpus of embedded-tokenizer ids: the model's vocabulary must cover them."""
+    cfg = run_config(paths, **kwargs)
+    return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, vocab_size=embedded_codec().vocab_size))
+
+
 @pytest.fixture
 def text_corpus(tmp_path: Path, codec) -> str:
     words = "the river runs past old mills and quiet farms under grey hills".split()
@@ -137,7 +145,7 @@ def text_corpus(tmp_path: Path, codec) -> str:
 
 
 def test_job_writes_resumes_and_the_sampler_attaches(text_corpus: str, codec, tmp_path: Path) -> None:
-    cfg = run_config([text_corpus], suffix_len=8, max_prefix_len=32)
+    cfg = _text_config([text_corpus], suffix_len=8, max_prefix_len=32)
     rewriter = UppercaseRewriter(crash_after_calls=3)
     with pytest.raises(ConnectionError):
         run_rewrite_job(cfg, codec=codec, rewrite_fn=rewriter, judge=SafetyJudge(),
@@ -178,12 +186,38 @@ def test_job_writes_resumes_and_the_sampler_attaches(text_corpus: str, codec, tm
 
 
 def test_job_store_under_data_rewrite_store(text_corpus: str, codec, tmp_path: Path) -> None:
-    cfg = run_config([text_corpus], suffix_len=8, max_prefix_len=32,
+    cfg = _text_config([text_corpus], suffix_len=8, max_prefix_len=32,
                      rewrite_store=str(tmp_path / "stores"))
     run_rewrite_job(cfg, codec=codec, rewrite_fn=UppercaseRewriter(), num_samples=10)
-    assert (tmp_path / "stores" / "text.rewrites" / "store.json").is_file()
+    assert (store_dir_for(text_corpus, str(tmp_path / "stores")) / "store.json").is_file()
     assert not Path(text_corpus + ".rewrites").exists()
-    other_n = run_config([text_corpus], suffix_len=6, max_prefix_len=32,
+    other_n = _text_config([text_corpus], suffix_len=6, max_prefix_len=32,
                          rewrite_store=str(tmp_path / "stores"))
     with pytest.raises(ConfigError, match=r"^sip\.suffix_len"):
         build_sip_dataset(other_n, eod_id=EOD, num_samples=10)
+
+
+def test_store_names_are_unique_per_dataset_path(tmp_path: Path) -> None:
+    stores = str(tmp_path / "stores")
+    first, second = store_dir_for(str(tmp_path / "a" / "train"), stores), store_dir_for(str(tmp_path / "b" / "train"), stores)
+    assert first != second and first.parent == second.parent
+    assert first.name.startswith("train.") and first.name.endswith(".rewrites")
+
+
+def test_a_re_preprocessed_dataset_or_another_tokenizer_refuses_the_store(text_corpus: str, codec) -> None:
+    cfg = _text_config([text_corpus], suffix_len=8, max_prefix_len=32)
+    run_rewrite_job(cfg, codec=codec, rewrite_fn=UppercaseRewriter(), num_samples=10)
+    build_sip_dataset(cfg, eod_id=EOD, num_samples=10)  # the store matches its dataset
+
+    other_tokenizer = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, tokenizer="gpt2"))
+    with pytest.raises(ConfigError, match=r"^data\.tokenizer: 'gpt2', but the rewrite store .* holds tokens of 'embedded'"):
+        build_sip_dataset(other_tokenizer, eod_id=EOD, num_samples=10)
+
+    # Same number of documents, other tokens: only the index digest tells them apart.
+    reader = RewriteStoreReader.open(store_dir_for(text_corpus, None))
+    documents = IndexedDocuments(text_corpus, eod_id=EOD)
+    write_docs(Path(text_corpus), [documents.tokens(d, 0, int(documents.text_lengths[d]) - 1)
+                                   for d in range(documents.num_docs)])
+    assert reader.meta.num_docs == documents.num_docs
+    with pytest.raises(InputError, match=r"written for another version of text \(its \.idx digest differs"):
+        build_sip_dataset(cfg, eod_id=EOD, num_samples=10)

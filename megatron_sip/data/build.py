@@ -27,8 +27,8 @@ from megatron_sip.config import Config
 from megatron_sip.data.blend import Blend, parse_blend
 from megatron_sip.data.dataset import SIPDataset, SIPDatasetConfig, SIPSample, too_short_error
 from megatron_sip.data.documents import IndexedDocuments
-from megatron_sip.data.indexed import indexed_dataset_exists
-from megatron_sip.data.rewrite_store import check_meta, read_manifest, store_dir_for
+from megatron_sip.data.indexed import indexed_dataset_exists, max_token_id
+from megatron_sip.data.rewrite_store import check_meta, index_digest, read_manifest, store_dir_for
 from megatron_sip.data.splits import SplitSchedule
 from megatron_sip.errors import ConfigError
 
@@ -79,7 +79,7 @@ def build_sip_dataset(cfg: Config, *, eod_id: Optional[int], num_samples: Option
         num_samples = cfg.train.steps * cfg.train.global_batch_size
     config = _dataset_config(cfg, blend, eod_id=eod_id, use_rewrites=use_rewrites)
     if blend is not None:
-        samples_per_epoch = _check_datasets(blend, config, key=paths_key)
+        samples_per_epoch = _check_datasets(blend, config, key=paths_key, vocab_size=cfg.model.vocab_size)
         if blend.weights is None and len(blend.prefixes) > 1:
             # Megatron would cap an unweighted blend at one epoch; explicit weights do not.
             weighted = (blend.prefixes, samples_per_epoch)
@@ -119,19 +119,25 @@ def _dataset_config(cfg: Config, blend: Optional[Blend], *, eod_id: Optional[int
         path_to_cache=None,                            # separate datasets (data.eval_paths)
         suffix_len=cfg.sip.suffix_len, max_prefix_len=cfg.data.max_prefix_len,
         min_prefix_len=cfg.data.min_prefix_len, samples_per_doc=cfg.data.samples_per_doc,
-        eod_id=eod_id, rewrite_store=cfg.data.rewrite_store, use_rewrites=use_rewrites,
+        eod_id=eod_id, rewrite_store=cfg.data.rewrite_store, use_rewrites=use_rewrites, tokenizer=cfg.data.tokenizer,
         synthetic_vocab_size=cfg.model.vocab_size,
     )
 
 
-def _check_datasets(blend: Blend, config: SIPDatasetConfig, *, key: str) -> List[float]:
-    """Open and check every dataset and its rewrite store; samples per epoch of each."""
+def _check_datasets(blend: Blend, config: SIPDatasetConfig, *, key: str, vocab_size: int) -> List[float]:
+    """Open and check every dataset (token ids within the model's vocabulary: an id beyond it is
+    a device-side assert on a GPU) and its rewrite store; samples per epoch of each."""
     samples_per_epoch = []
     for prefix in blend.prefixes:
         if not indexed_dataset_exists(prefix):
             raise ConfigError(key, f"'{prefix}': no indexed dataset there (expected {prefix}.bin "
                               f"and {prefix}.idx; build them with megatron-sip preprocess)")
         documents = IndexedDocuments(prefix, eod_id=config.eod_id)
+        largest = max_token_id(prefix)
+        if largest >= vocab_size:
+            raise ConfigError(key, f"'{prefix}' holds token id {largest}, beyond the model's vocabulary "
+                              f"(model.vocab_size={vocab_size}): it was tokenized for another model; "
+                              "preprocess it with the model's tokenizer (data.tokenizer)")
         schedule = SplitSchedule(documents.text_lengths, config.split_rule())
         if schedule.samples_per_epoch == 0:
             raise too_short_error(prefix, documents, config)
@@ -140,7 +146,7 @@ def _check_datasets(blend: Blend, config: SIPDatasetConfig, *, key: str) -> List
             store = store_dir_for(prefix, config.rewrite_store)
             manifest = read_manifest(store)
             if manifest is not None:
-                check_meta(store, manifest.meta, num_docs=documents.num_docs,
-                           suffix_len=config.suffix_len)
+                check_meta(store, manifest.meta, num_docs=documents.num_docs, suffix_len=config.suffix_len,
+                           tokenizer=config.tokenizer, digest=index_digest(prefix))
     return samples_per_epoch
 

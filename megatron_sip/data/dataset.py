@@ -18,7 +18,7 @@ from megatron.core.datasets.megatron_dataset import MegatronDataset
 from megatron.core.datasets.utils import Split
 
 from megatron_sip.data.documents import DocumentSource, IndexedDocuments, SyntheticDocuments
-from megatron_sip.data.rewrite_store import RewriteStoreReader, check_meta, store_dir_for
+from megatron_sip.data.rewrite_store import RewriteStoreReader, check_meta, index_digest, store_dir_for
 from megatron_sip.data.splits import SplitRule, SplitSchedule
 from megatron_sip.errors import ConfigError
 
@@ -41,6 +41,8 @@ class SIPDatasetConfig(BlendedMegatronDatasetConfig):
     """data.rewrite_store: where the stores are; None = beside each dataset."""
     use_rewrites: bool = True
     """Attach stored rewrites to samples."""
+    tokenizer: str = ""
+    """data.tokenizer: what a rewrite store must have been written with."""
     synthetic_vocab_size: int = 49152
     """Vocabulary of synthetic documents (mock mode, empty blend)."""
     synthetic_num_docs: int = 3072
@@ -135,8 +137,8 @@ class SIPDataset(MegatronDataset):
         store = store_dir_for(dataset_path, config.rewrite_store)
         reader = RewriteStoreReader.open(store)
         if reader is not None:
-            check_meta(store, reader.meta, num_docs=self.documents.num_docs,
-                       suffix_len=config.suffix_len)
+            check_meta(store, reader.meta, num_docs=self.documents.num_docs, suffix_len=config.suffix_len,
+                       tokenizer=config.tokenizer, digest=index_digest(dataset_path))
         return reader
 
 

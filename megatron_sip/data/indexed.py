@@ -11,6 +11,7 @@ an interrupted write never leaves a complete-looking `P.bin`/`P.idx` pair behind
 
 from __future__ import annotations
 
+import json
 import os
 import struct
 from pathlib import Path
@@ -183,3 +184,41 @@ def _fsync(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+_MAX_ID_SUFFIX = ".max_token_id.json"
+_SCAN_TOKENS = 1 << 24
+
+
+def max_token_id(prefix: str) -> int:
+    """The largest token id in `P.bin`: one scan per dataset, remembered in `P.max_token_id.json`
+    (keyed by the size and mtime of both files; not written where the directory is read-only)."""
+    from megatron_sip.durable import write_json_atomically
+
+    key = [[path.stat().st_size, path.stat().st_mtime_ns] for path in (bin_path(prefix), idx_path(prefix))]
+    record = Path(prefix + _MAX_ID_SUFFIX)
+    try:
+        saved = json.loads(record.read_text())
+        if saved["key"] == key:
+            return int(saved["max_token_id"])
+    except (OSError, ValueError, KeyError, TypeError):
+        pass  # absent, stale or unreadable: scan
+    largest = _scan_max_token_id(prefix)
+    try:
+        write_json_atomically(record, {"key": key, "max_token_id": largest})
+    except OSError:
+        pass  # a read-only dataset directory: scan again next time
+    return largest
+
+
+def _scan_max_token_id(prefix: str) -> int:
+    from megatron.core.datasets.indexed_dataset import DType
+
+    with open(idx_path(prefix), "rb") as stream:
+        code = struct.unpack("<B", stream.read(_HEADER_BYTES)[len(_HEADER) + 8:len(_HEADER) + 9])[0]
+    tokens = np.memmap(bin_path(prefix), dtype=DType.dtype_from_code(code), mode="r")
+    largest = 0
+    for start in range(0, tokens.shape[0], _SCAN_TOKENS):
+        largest = max(largest, int(tokens[start:start + _SCAN_TOKENS].max()))
+    del tokens
+    return largest

@@ -19,8 +19,8 @@ from typing import Callable, Deque, Iterator, List, Optional, Sequence, Tuple, U
 import numpy as np
 
 from megatron_sip.data.codec import TextCodec, load_codec
-from megatron_sip.data.indexed import AtomicIndexedWriter, token_dtype
-from megatron_sip.data.jsonl import BadLine, RawLine, check_inputs, iter_chunks, parse_line
+from megatron_sip.data.indexed import AtomicIndexedWriter, bin_path, idx_path, token_dtype
+from megatron_sip.data.jsonl import DEFAULT_MAX_LINE_BYTES, BadLine, RawLine, check_inputs, iter_chunks, parse_line
 from megatron_sip.errors import InputError
 
 CHUNK_LINES = 256
@@ -46,20 +46,25 @@ class PreprocessStats:
 
 def preprocess_jsonl(inputs: Sequence[str], output_prefix: str, *, codec: TextCodec,
                      json_key: str = "text", num_workers: int = 1, skip_bad_lines: bool = False,
-                     tokenizer_spec: Optional[str] = None,
+                     tokenizer_spec: Optional[str] = None, overwrite: bool = False,
+                     max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
                      on_progress: Optional[Callable[[int], None]] = None) -> PreprocessStats:
     """Write `output_prefix`.bin/.idx from the JSONL `inputs` (in order).
 
     tokenizer_spec: what workers load when num_workers > 1 (they cannot share `codec`).
+    overwrite: replace an existing dataset at `output_prefix` (else InputError).
+    max_line_bytes: longer lines are bad lines (never read whole).
     on_progress: called with the number of documents added since the last call.
     """
     check_inputs(inputs)
+    if not overwrite:
+        check_output_free(output_prefix)
     if num_workers > 1 and tokenizer_spec is None:
         raise ValueError("num_workers > 1 needs tokenizer_spec for the worker processes")
     started = time.monotonic()
     num_bad, first_bad = 0, None
     with AtomicIndexedWriter(output_prefix, dtype=token_dtype(codec.vocab_size)) as writer:
-        for results in _encoded_chunks(inputs, codec, json_key, num_workers, tokenizer_spec):
+        for results in _encoded_chunks(inputs, codec, json_key, num_workers, tokenizer_spec, max_line_bytes):
             for result in results:
                 if isinstance(result, BadLine):
                     if not skip_bad_lines:
@@ -78,9 +83,17 @@ def preprocess_jsonl(inputs: Sequence[str], output_prefix: str, *, codec: TextCo
                            seconds=time.monotonic() - started)
 
 
+def check_output_free(output_prefix: str) -> None:
+    """InputError when a dataset (either file) already exists at `output_prefix`."""
+    existing = [str(path) for path in (bin_path(output_prefix), idx_path(output_prefix)) if path.exists()]
+    if existing:
+        raise InputError(f"{' and '.join(existing)}: a dataset exists there; pass --force to overwrite it "
+                         "(its rewrite store would then be refused as stale)")
+
+
 def _encoded_chunks(inputs: Sequence[str], codec: TextCodec, json_key: str, num_workers: int,
-                    tokenizer_spec: Optional[str]) -> Iterator[List[Encoded]]:
-    chunks = iter_chunks(inputs, CHUNK_LINES)
+                    tokenizer_spec: Optional[str], max_line_bytes: int) -> Iterator[List[Encoded]]:
+    chunks = iter_chunks(inputs, CHUNK_LINES, max_line_bytes=max_line_bytes)
     if num_workers <= 1:
         for chunk in chunks:
             yield encode_chunk(chunk, json_key=json_key, codec=codec)

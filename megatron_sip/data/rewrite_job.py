@@ -23,7 +23,7 @@ from megatron_sip.config import Config
 from megatron_sip.data.build import build_sip_dataset
 from megatron_sip.data.codec import TextCodec
 from megatron_sip.data.dataset import SIPSample
-from megatron_sip.data.rewrite_store import StoreMeta, store_dir_for
+from megatron_sip.data.rewrite_store import StoreMeta, index_digest, store_dir_for
 from megatron_sip.data.rewrite_writer import RewriteStoreWriter
 from megatron_sip.errors import ConfigError
 
@@ -116,7 +116,7 @@ def run_rewrite_job(cfg: Config, *, codec: TextCodec, rewrite_fn: RewriteFn,
 def _open_writer(cfg: Config, prefix: str, num_docs: int, names: List[str],
                  codec: TextCodec) -> RewriteStoreWriter:
     meta = StoreMeta(dataset=Path(prefix).name, num_docs=num_docs, suffix_len=cfg.sip.suffix_len,
-                     tokenizer=cfg.data.tokenizer, judgments=names)
+                     tokenizer=cfg.data.tokenizer, judgments=names, index_digest=index_digest(prefix))
     return RewriteStoreWriter(store_dir_for(prefix, cfg.data.rewrite_store), meta,
                               vocab_size=codec.vocab_size)
 

@@ -1,6 +1,7 @@
 """The rewrite store: rewrites and rollout-free judgments keyed by (document id, split position).
 
-One store per dataset, beside it as `<prefix>.rewrites/` (or under `data.rewrite_store`):
+One store per dataset, beside it as `<prefix>.rewrites/` (or under `data.rewrite_store` as
+`<name>.<hash of the dataset's absolute path>.rewrites/`, so datasets of one name do not share it):
 ```
 store.json             manifest: what the store belongs to, and the committed shards
 shard-00000.bin/.idx   a Megatron-Core indexed dataset: entry i's rewrite tokens (one document)
@@ -17,6 +18,8 @@ they can be computed once ahead of training; their names are fixed when the stor
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import json
 import os
 from dataclasses import asdict, dataclass, field
@@ -25,7 +28,7 @@ from typing import Dict, List, Optional
 
 import numpy as np
 
-from megatron_sip.data.indexed import open_indexed_dataset
+from megatron_sip.data.indexed import idx_path, open_indexed_dataset
 from megatron_sip.errors import ConfigError, InputError
 
 STORE_FORMAT = "megatron-sip-rewrite-store"
@@ -39,7 +42,25 @@ def store_dir_for(prefix: str, rewrite_store: Optional[str]) -> Path:
     """Where the store of dataset `prefix` lives (see `data.rewrite_store`)."""
     if rewrite_store is None:
         return Path(prefix + _STORE_SUFFIX)
-    return Path(rewrite_store) / (Path(prefix).name + _STORE_SUFFIX)
+    path_hash = hashlib.sha256(str(Path(prefix).resolve()).encode()).hexdigest()[:12]
+    return Path(rewrite_store) / f"{Path(prefix).name}.{path_hash}{_STORE_SUFFIX}"
+
+
+def index_digest(prefix: str) -> str:
+    """BLAKE2b of the dataset's `.idx` (document boundaries and lengths): a re-preprocessed corpus
+    (another tokenizer or other documents) gets another digest even with the same document count.
+    About 20 bytes per document are read, once per process (cached by size and mtime)."""
+    stat = idx_path(prefix).stat()
+    return _file_digest(str(idx_path(prefix).resolve()), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=64)
+def _file_digest(path: str, size: int, mtime_ns: int) -> str:
+    digest = hashlib.blake2b(digest_size=16)
+    with open(path, "rb") as stream:
+        for block in iter(lambda: stream.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def shard_name(index: int) -> str:
@@ -55,7 +76,7 @@ class StoreMeta:
     """What a store was written for; a reader or writer with other values must not use it."""
 
     dataset: str
-    """File name of the dataset prefix (for humans; identity is checked through num_docs)."""
+    """File name of the dataset prefix (for humans; identity is checked through index_digest)."""
     num_docs: int
     """Documents in the dataset when the store was created."""
     suffix_len: int
@@ -64,6 +85,8 @@ class StoreMeta:
     """Tokenizer spec the rewrite tokens come from."""
     judgments: List[str] = field(default_factory=list)
     """Names of the judgment columns."""
+    index_digest: str = ""
+    """`index_digest` of the dataset the store was written for ("" = none recorded)."""
 
 
 @dataclass
@@ -107,11 +130,18 @@ def write_manifest(store: Path, manifest: Manifest) -> None:
         os.close(fd)
 
 
-def check_meta(store: Path, found: StoreMeta, *, num_docs: int, suffix_len: int) -> None:
-    """Refuse a store written for another dataset or another N."""
-    if found.num_docs != num_docs:
-        raise InputError(f"{store}: written for a dataset of {found.num_docs} documents, this one "
-                         f"has {num_docs}; move the store away or point data.rewrite_store elsewhere")
+def check_meta(store: Path, found: StoreMeta, *, num_docs: int, suffix_len: int, tokenizer: str,
+               digest: str) -> None:
+    """Refuse a store written for another dataset, another tokenizer or another N."""
+    if found.num_docs != num_docs or found.index_digest != digest:
+        what = (f"a dataset of {found.num_docs} documents, this one has {num_docs}" if found.num_docs != num_docs
+                else f"another version of {found.dataset} (its .idx digest differs: re-preprocessed or replaced)")
+        raise InputError(f"{store}: written for {what}; move the store away or point data.rewrite_store "
+                         "elsewhere, then rerun megatron-sip rewrite")
+    if found.tokenizer != tokenizer:
+        raise ConfigError("data.tokenizer", f"'{tokenizer}', but the rewrite store {store} holds tokens of "
+                          f"'{found.tokenizer}'; set data.rewrite_store to another directory or rerun "
+                          "megatron-sip rewrite")
     if found.suffix_len != suffix_len:
         raise ConfigError("sip.suffix_len", f"{suffix_len}, but the rewrite store {store} holds "
                           f"rewrites of {found.suffix_len}-token suffixes; set data.rewrite_store "

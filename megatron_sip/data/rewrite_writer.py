@@ -117,7 +117,8 @@ class RewriteStoreWriter:
             manifest = Manifest(meta=meta)
             write_manifest(self.store, manifest)
             return manifest
-        check_meta(self.store, manifest.meta, num_docs=meta.num_docs, suffix_len=meta.suffix_len)
+        check_meta(self.store, manifest.meta, num_docs=meta.num_docs, suffix_len=meta.suffix_len,
+                   tokenizer=meta.tokenizer, digest=meta.index_digest)
         if manifest.meta.judgments != meta.judgments:
             raise InputError(f"{self.store}: holds judgments {manifest.meta.judgments}, this job "
                              f"writes {meta.judgments}; use another data.rewrite_store")
