@@ -104,14 +104,21 @@ class HetRun:
         return "\n".join(parts)
 
 
+# SIP judged by the sidecar: safety on the suffix and one rollout, label read from the first token.
+SIP_JUDGED = ("sip.objective=dpo sip.num_rollouts=1 sip.candidates=[suffix,rollouts] judge.criteria=[safety] "
+              "judge.decision=direct judge.logprobs=true judge.top_logprobs=20 judge.request_timeout_s=120")
+API_KEY = "het-job-key-5c1e"
+
+
 def _submit_hetjob(cluster: LocalSlurm, tmp_path: Path, *, steps: int, judge_cmd: str,
-                   extra_env: Optional[Dict[str, str]] = None) -> HetRun:
+                   extra_env: Optional[Dict[str, str]] = None, objective: str = "sip.objective=nll") -> HetRun:
     judge_port, rdzv_port = free_ports(2)
+    # A space in the output path: overrides built from SIP_OVERRIDES keep quoted values whole.
     run = HetRun(job_id="", batch_log=tmp_path / "batch.out", log_dir=tmp_path / "logs",
-                 output_dir=tmp_path / "run", judge_port=judge_port)
+                 output_dir=tmp_path / "run dir", judge_port=judge_port)
     settings = {
         "SIP_CONFIG": str(TINY_CONFIG),
-        "SIP_OVERRIDES": f"sip.objective=nll train.steps={steps} train.log_every=1 run.output_dir={run.output_dir}",
+        "SIP_OVERRIDES": f"{objective} train.steps={steps} train.log_every=1 'run.output_dir={run.output_dir}'",
         "SIP_LOG_DIR": str(run.log_dir), "SIP_JUDGE_CMD": judge_cmd, "SIP_JUDGE_PORT": str(judge_port),
         "SIP_RDZV_PORT": str(rdzv_port), "SIP_STOP_GRACE_S": "10", "SIP_HEALTH_POLL_S": "0.5"}
     env = _job_env(**{**settings, **(extra_env or {})})
@@ -138,9 +145,15 @@ def hetjob(cluster: LocalSlurm, tmp_path_factory: pytest.TempPathFactory) -> Pre
     reason = _missing_serve()
     if reason:
         pytest.skip(reason)
-    steps = 20
+    steps = 8
     preempt = _missing_resume() is None
-    run = _submit_hetjob(cluster, tmp_path_factory.mktemp("hetjob"), steps=steps, judge_cmd=SERVE_COMMAND)
+    tmp_path = tmp_path_factory.mktemp("hetjob")
+    # The sidecar's key comes from a file (in a folder whose name needs quoting in an override).
+    key_file = tmp_path / "keys, here]" / "judge.key"
+    key_file.parent.mkdir()
+    key_file.write_text(API_KEY + "\n")
+    run = _submit_hetjob(cluster, tmp_path, steps=steps, judge_cmd=SERVE_COMMAND, objective=SIP_JUDGED,
+                         extra_env={"SIP_JUDGE_API_KEY_FILE": str(key_file)})
     if preempt:
         _wait_for(lambda: len(run.metrics()) >= 2, timeout_s=JOB_TIMEOUT_S, what="two training steps", run=run)
         cluster.run("scancel", "--batch", "--signal=USR1", run.job_id)
@@ -163,7 +176,7 @@ def test_health_gate_opened_before_training(hetjob: PreemptedRun) -> None:
     judge_url = f"http://n3:{run.judge_port}"
     assert batch.index("health gate passed") < batch.index("trainer command:"), run.explain()
     # The sidecar's URL reached the trainer as an override, and the sidecar was stopped after it.
-    assert f"judge.endpoints=[{judge_url}]" in batch
+    assert f"judge.endpoints=['{judge_url}']" in batch
     assert f"- {judge_url}" in (run.output_dir / "config.yaml").read_text()
     assert (batch.rindex("trainer exited with status 0") < batch.rindex("sidecars stopped")
             < batch.rindex("training finished"))
@@ -173,6 +186,19 @@ def test_training_finished_with_metrics_and_checkpoint(hetjob: PreemptedRun) -> 
     run = hetjob.run
     assert [record["step"] for record in run.metrics()] == list(range(1, hetjob.steps + 1)), run.explain()
     assert (run.output_dir / "checkpoints" / f"step_{hetjob.steps:08d}").is_dir(), run.explain()
+
+
+def test_the_sidecar_judged_every_step_with_its_key_from_a_file(hetjob: PreemptedRun) -> None:
+    run = hetjob.run
+    metrics = run.metrics()
+    assert metrics and all(m["judge_calls"] > 0 and m["judge_failed_calls"] == 0 for m in metrics), run.explain()
+    assert sum(m["groups_preference"] for m in metrics) > 0, run.explain()
+    # The key reached the sidecar (it answered the trainer) and the trainer, through the file only.
+    config = (run.output_dir / "config.yaml").read_text()
+    assert "api_key_file" in config and "judge.key" in config
+    logs = [run.batch_text(), config, *(log.read_text(errors="replace") for log in run.log_dir.glob("*.log"))]
+    assert not any(API_KEY in text for text in logs), "the API key was written to a log"
+    assert "API key required" in (run.log_dir / "judge-n3.log").read_text()
 
 
 def test_preempted_job_checkpointed_and_resumed(hetjob: PreemptedRun) -> None:
@@ -222,7 +248,7 @@ def test_rewrite_array_covers_every_shard(cluster: LocalSlurm, tmp_path: Path) -
     reason = _missing_rewriter()
     if reason:
         pytest.skip(reason)
-    shards = [tmp_path / "data" / f"shard{i}" for i in range(2)]
+    shards = [tmp_path / "data" / f"shard {i},x]" for i in range(2)]  # quoting: space, comma, bracket
     for index, prefix in enumerate(shards):
         _write_random_dataset(prefix, seed=index)
     shards_file = tmp_path / "shards.txt"

@@ -118,30 +118,71 @@ sip_group_cpus_per_node() {
     echo "${value:-1}"
 }
 
-# Exit status 0 when GET $1 answers 2xx within 5 s. curl when present, else Python's urllib.
-sip_http_ok() {
+# The HTTP status of GET $1 within 5 s (000 when nothing answered). With $2, a file holding an API
+# key, the key is sent as a bearer token; it reaches curl through a file descriptor and Python
+# through its environment, never a command line (visible in ps).
+sip_http_status() {
+    local url=$1 key_file=${2:-} key=""
+    if [ -n "$key_file" ]; then
+        key=$(<"$key_file")
+    fi
     if command -v curl >/dev/null 2>&1; then
-        curl --silent --fail --max-time 5 --output /dev/null "$1"
+        local -a auth=()
+        if [ -n "$key" ]; then
+            auth=(--header @<(printf 'Authorization: Bearer %s\n' "$key"))
+        fi
+        curl --silent --max-time 5 --output /dev/null --write-out '%{http_code}' "${auth[@]}" "$url" || true
     else
-        "${SIP_PYTHON:-python3}" -c 'import sys, urllib.request; urllib.request.urlopen(sys.argv[1], timeout=5)' \
-            "$1" >/dev/null 2>&1
+        SIP_PROBE_KEY=$key "${SIP_PYTHON:-python3}" -c '
+import os, sys, urllib.error, urllib.request
+request = urllib.request.Request(sys.argv[1])
+if os.environ.get("SIP_PROBE_KEY"):
+    request.add_header("Authorization", "Bearer " + os.environ["SIP_PROBE_KEY"])
+try:
+    print(urllib.request.urlopen(request, timeout=5).status)
+except urllib.error.HTTPError as exc:
+    print(exc.code)
+except Exception:
+    print("000")' "$url" 2>/dev/null || echo 000
     fi
 }
 
-# Start the sidecar servers of one het-job component in the background, as one srun step:
+# Exit status 0 when the server at base URL $1 is ready: GET /health answers 200, or, for servers
+# without a /health route (404, e.g. llama-cpp-python's), GET /v1/models answers 200.
+#   $1 base URL  $2 optional API key file (for /v1/models)
+sip_server_ready() {
+    local status
+    status=$(sip_http_status "$1/health")
+    if [ "$status" = 404 ]; then
+        status=$(sip_http_status "$1/v1/models" "${2:-}")
+    fi
+    [ "$status" = 200 ]
+}
+
+# Start the sidecar servers of one het-job component in the background:
 # `per_node` servers on every node of the component, server i of a node on port <port> + i with
 # 1/per_node of the node's GPUs (an 8B judge: 8 servers of TP 1 per node; a 120B one: 1 of TP 8).
+# Plainly, all servers are one srun step with a task per server. With a launcher (TensorRT-LLM's
+# `trtllm-llmapi-launch` for multi-GPU trtllm-serve), each server is an srun step of its own with
+# one MPI task per GPU (`srun --mpi=$SIP_SRUN_MPI`, pmix by default): the launcher runs the command
+# on rank 0 and makes the other ranks its workers, which is how TensorRT-LLM documents
+# trtllm-serve under SLURM (examples/llm-api/llm_mgmn_trtllm_serve.sh upstream).
 # The server command is a bash string run by each server's task with these variables set:
 #   SIP_SERVE_MODEL  model path or name        SIP_SERVE_PORT    port to listen on
 #   SIP_SERVE_TP     tensor-parallel size      SIP_SERVE_CONFIG  extra config YAML (may be empty)
 #   SIP_SERVE_HOST   this node's name
 # so that e.g. 'trtllm-serve "$SIP_SERVE_MODEL" --port "$SIP_SERVE_PORT"' expands per server.
 # Each server logs to <log folder>/<role>-<node>.log (-<node>-<i>.log with several per node).
-# Sets SIP_SIDECAR_PID to the srun's PID and SIP_SIDECAR_URLS to the endpoints, space-separated.
+# With a key file, each server's environment gets the key as SIP_SERVE_API_KEY (read by
+# `megatron-sip serve`) and VLLM_API_KEY (read by vllm serve), loaded by sip_node_run.sh from the
+# file: the key never appears on a command line.
+# Sets SIP_SIDECAR_PIDS to the sruns' PIDs and SIP_SIDECAR_URLS to the endpoints, space-separated.
 #   $1 role (judge|rewriter)  $2 component index  $3 command  $4 model  $5 port  $6 TP size
 #   $7 extra config file  $8 container image  $9 log folder  $10 servers per node
+#   $11 launcher (empty: none)  $12 API key file (empty: none)
 sip_start_sidecars() {
     local role=$1 group=$2 command=$3 model=$4 port=$5 tp=$6 config=$7 image=$8 log_dir=$9 per_node=${10:-1}
+    local launcher=${11:-} key_file=${12:-}
     local -a hosts container gpu_args=()
     mapfile -t hosts < <(sip_group_hosts "$group")
     [ "${#hosts[@]}" -gt 0 ] || { sip_log "error: het-job component $group has no nodes"; return 1; }
@@ -162,44 +203,84 @@ sip_start_sidecars() {
             SIP_SIDECAR_URLS+="${SIP_SIDECAR_URLS:+ }http://$host:$((port + index))"
         done
     done
+    if [ -n "$key_file" ] && [ ! -r "$key_file" ]; then
+        sip_log "error: the $role API key file $key_file is not readable"
+        return 1
+    fi
     sip_log "starting $((${#hosts[@]} * per_node)) $role server(s) on ${hosts[*]} (component $group," \
-        "$per_node per node from port $port, TP $tp)"
-    SIP_SERVE_MODEL=$model SIP_SERVE_PORT=$port SIP_SERVE_TP=$tp SIP_SERVE_CONFIG=$config \
-        SIP_SERVERS_PER_NODE=$per_node \
-        srun --het-group="$group" --nodes="${#hosts[@]}" --ntasks=$((${#hosts[@]} * per_node)) \
-        --ntasks-per-node="$per_node" --cpus-per-task=$((cpus / per_node > 0 ? cpus / per_node : 1)) \
-        "${gpu_args[@]}" --kill-on-bad-exit=0 --job-name="sip-$role" "${container[@]}" \
-        "$SIP_REPO/slurm/lib/sip_node_run.sh" "$log_dir/$role" bash -c "$command" &
-    # shellcheck disable=SC2034  # read by the calling script
-    SIP_SIDECAR_PID=$!
+        "$per_node per node from port $port, TP $tp${launcher:+, launched by $launcher}${key_file:+, API key from a file})"
+    SIP_SIDECAR_PIDS=""
+    if [ -z "$launcher" ]; then
+        SIP_SERVE_MODEL=$model SIP_SERVE_PORT=$port SIP_SERVE_TP=$tp SIP_SERVE_CONFIG=$config \
+            SIP_SERVERS_PER_NODE=$per_node SIP_SERVE_API_KEY_FILE=$key_file \
+            srun --het-group="$group" --nodes="${#hosts[@]}" --ntasks=$((${#hosts[@]} * per_node)) \
+            --ntasks-per-node="$per_node" --cpus-per-task=$((cpus / per_node > 0 ? cpus / per_node : 1)) \
+            "${gpu_args[@]}" --kill-on-bad-exit=0 --job-name="sip-$role" "${container[@]}" \
+            "$SIP_REPO/slurm/lib/sip_node_run.sh" "$log_dir/$role" bash -c "$command" &
+        SIP_SIDECAR_PIDS=$!
+        return 0
+    fi
+    # One step per server, one MPI task per GPU of it; the step's GPUs are shared by its tasks.
+    local -a step_gpus=()
+    if [ "$gpus" -gt 0 ]; then
+        step_gpus=("--gpus=$((gpus / per_node))")
+    fi
+    for host in "${hosts[@]}"; do
+        for ((index = 0; index < per_node; index++)); do
+            SIP_SERVE_MODEL=$model SIP_SERVE_PORT=$((port + index)) SIP_SERVE_TP=$tp SIP_SERVE_CONFIG=$config \
+                SIP_SERVERS_PER_NODE=1 SIP_SERVE_LOG_SUFFIX="$([ "$per_node" -gt 1 ] && echo "-$index")" \
+                SIP_SERVE_API_KEY_FILE=$key_file \
+                srun --het-group="$group" --nodes=1 --nodelist="$host" --ntasks="$tp" --ntasks-per-node="$tp" \
+                --cpus-per-task=$((cpus / per_node / tp > 0 ? cpus / per_node / tp : 1)) --mpi="${SIP_SRUN_MPI:-pmix}" \
+                "${step_gpus[@]}" --overlap --kill-on-bad-exit=0 --job-name="sip-$role" "${container[@]}" \
+                "$SIP_REPO/slurm/lib/sip_node_run.sh" "$log_dir/$role" "$launcher" bash -c "$command" &
+            SIP_SIDECAR_PIDS+="${SIP_SIDECAR_PIDS:+ }$!"
+        done
+    done
 }
 
-# Wait until GET <url>/health answers for every url, or fail: after the timeout, or at once when
+# The launcher a sidecar command needs: SIP_<ROLE>_LAUNCHER when set ("none" = no launcher), else
+# trtllm-llmapi-launch for the default trtllm-serve command over more than one GPU, else none.
+#   $1 role variable prefix (JUDGE|REWRITER)  $2 command  $3 TP size
+sip_sidecar_launcher() {
+    local var="SIP_${1}_LAUNCHER" command=$2 tp=$3
+    if [ -n "${!var:-}" ]; then
+        [ "${!var}" = none ] || echo "${!var}"
+    elif [ "$command" = "$SIP_DEFAULT_SERVE_CMD" ] && [ "$tp" -gt 1 ]; then
+        echo trtllm-llmapi-launch
+    fi
+}
+
+# Wait until every url is ready (sip_server_ready), or fail: after the timeout, or at once when
 # a sidecar step has exited (its log then says why).
-#   $1 timeout in seconds  $2 log folder  then triples: role pid-of-its-srun "url url ..."
-#   (pid "-" for servers this job did not start)
+#   $1 timeout in seconds  $2 log folder  then quadruples: role "pids of its sruns" "url url ..."
+#   key-file (pids "-" for servers this job did not start; key file "-" for none)
 sip_wait_healthy() {
     local timeout_s=$1 log_dir=$2
     shift 2
-    local -a roles=() pids=() urls_of=()
-    while [ "$#" -ge 3 ]; do
-        roles+=("$1") pids+=("$2") urls_of+=("$3")
-        shift 3
+    local -a roles=() pids=() urls_of=() keys=()
+    while [ "$#" -ge 4 ]; do
+        roles+=("$1") pids+=("$2") urls_of+=("$3") keys+=("$4")
+        shift 4
     done
-    local start=$SECONDS next_note=$((SECONDS + 60)) index pending url
+    local start=$SECONDS next_note=$((SECONDS + 60)) index pending url pid key
     while true; do
         pending=""
         for index in "${!roles[@]}"; do
-            if [ "${pids[$index]}" != - ] && ! kill -0 "${pids[$index]}" 2>/dev/null; then
-                sip_log "error: a ${roles[$index]} sidecar exited before it was healthy; see $log_dir/${roles[$index]}-*.log"
-                return 1
-            fi
+            for pid in ${pids[$index]}; do
+                if [ "$pid" != - ] && ! kill -0 "$pid" 2>/dev/null; then
+                    sip_log "error: a ${roles[$index]} sidecar exited before it was healthy; see $log_dir/${roles[$index]}-*.log"
+                    return 1
+                fi
+            done
+            key=${keys[$index]}
+            [ "$key" != - ] || key=""
             for url in ${urls_of[$index]}; do
-                sip_http_ok "$url/health" || pending+="${pending:+ }$url"
+                sip_server_ready "$url" "$key" || pending+="${pending:+ }$url"
             done
         done
         if [ -z "$pending" ]; then
-            sip_log "health gate passed: every sidecar answered /health after $((SECONDS - start)) s"
+            sip_log "health gate passed: every sidecar is ready after $((SECONDS - start)) s"
             return 0
         fi
         if [ $((SECONDS - start)) -ge "$timeout_s" ]; then
@@ -208,7 +289,7 @@ sip_wait_healthy() {
             return 1
         fi
         if [ "$SECONDS" -ge "$next_note" ]; then
-            sip_log "waiting for /health of: $pending ($((SECONDS - start)) s of ${timeout_s} s)"
+            sip_log "waiting for /health (or /v1/models) of: $pending ($((SECONDS - start)) s of ${timeout_s} s)"
             next_note=$((SECONDS + 60))
         fi
         sleep "${SIP_HEALTH_POLL_S:-2}"
@@ -234,9 +315,49 @@ sip_stop_steps() {
     done
 }
 
-# A Hydra list override from space-separated items: key=[a,b]
-#   $1 key  $2 items
+# A Hydra value in single quotes, so that spaces, commas and brackets in it survive. Inside,
+# Hydra reads \' as a quote and \\ as a backslash only before a quote (or the closing one), so
+# exactly those backslashes are doubled.
+#   $1 value
+sip_hydra_quote() {
+    local value=$1 out="" run="" char index
+    for ((index = 0; index < ${#value}; index++)); do
+        char=${value:index:1}
+        if [ "$char" = "\\" ]; then
+            run+="\\"
+            continue
+        fi
+        if [ "$char" = "'" ]; then
+            out+="$run$run\\'"
+        else
+            out+="$run$char"
+        fi
+        run=""
+    done
+    printf "'%s'" "$out$run$run"
+}
+
+# A Hydra list override with every item quoted: key=['a','b']
+#   $1 key  then the items
 sip_list_override() {
-    local key=$1 items=$2
-    printf '%s=[%s]' "$key" "${items// /,}"
+    local key=$1 item items=""
+    shift
+    for item in "$@"; do
+        items+="${items:+,}$(sip_hydra_quote "$item")"
+    done
+    printf '%s=[%s]' "$key" "$items"
+}
+
+# A Hydra override key=value with the value quoted.
+#   $1 key  $2 value
+sip_value_override() {
+    printf '%s=%s' "$1" "$(sip_hydra_quote "$2")"
+}
+
+# SIP_OVERRIDES as a list of overrides, split like a shell splits words (quotes keep spaces:
+# SIP_OVERRIDES="run.name='my run' train.steps=5"), without running anything. Prints them one per
+# line with NUL separators for `mapfile -d ''`.
+sip_split_overrides() {
+    [ -n "${1:-}" ] || return 0
+    printf '%s' "$1" | xargs -r printf '%s\0'
 }
