@@ -130,7 +130,7 @@ class AsyncRewriter:
             prompt = self._template.render(
                 prefix=prompts.block("START", request.prefix, nonce),
                 passage=prompts.block("PASSAGE", context + request.suffix, nonce),
-                context=prompts.neutralize(" ".join(context.split())),
+                context=prompts.block("LAST WORDS", " ".join(context.split()), nonce),
                 num_words=str(max(1, len(request.suffix.split()))))
             budget = math.ceil(request.suffix_len_tokens * self._cfg.max_tokens_ratio) + self._cfg.max_tokens_extra
             generation_requests.append(GenerationRequest(prompt=prompt, temperature=self._cfg.temperature,
