@@ -190,3 +190,39 @@ def test_sync_service_with_rules_backend():
         assert result.best == 0 and result.scores["safety"] == (1.0, 0.0, 1.0)
         assert all(not math.isnan(r) for r in result.rewards)
         assert service.judge([group])[0].rewards == result.rewards
+
+
+def _text_of_tokens(tokenizer, rng, num_tokens: int) -> str:
+    words = [f" w{rng.randrange(5000)}" if rng.random() < 0.3 else rng.choice([" the", " of", " a", " river"])
+             for _ in range(num_tokens)]
+    return tokenizer.decode(tokenizer.encode("".join(words), add_special_tokens=False)[:num_tokens])
+
+
+@pytest.mark.parametrize("criterion", ["quality", "factuality"])
+def test_prompts_of_a_group_share_their_start_for_prefix_caches(criterion):
+    """Prefix 1,024 tokens, suffix + rewrite + K=8 rollouts of N=128 tokens: >= 0.8 of each
+    prompt's tokens are a start it shares with another prompt of its group (SmolLM2 tokens)."""
+    import random
+
+    from megatron_sip.embedded import load_embedded_tokenizer
+    from megatron_sip.judges.engine import shared_prefix_lengths
+
+    tokenizer, rng = load_embedded_tokenizer(), random.Random(5)
+    prefix = _text_of_tokens(tokenizer, rng, 1024)
+    texts = [_text_of_tokens(tokenizer, rng, 128) for _ in range(10)]
+    group = JudgeGroup(prefix, tuple(Candidate(t, k) for t, k in zip(texts, ["suffix", "rewrite"] + ["rollout"] * 8)),
+                       reference=texts[0])
+    judge, generator = judge_with(longer_wins, criteria=[criterion])
+    [result] = asyncio.run(judge.judge([group]))
+    assert result.num_failed_judgments == 0
+    tokens = [tokenizer.encode(p, add_special_tokens=False) for p in generator.prompts]
+    share = sum(shared_prefix_lengths(tokens)) / sum(len(t) for t in tokens)
+    assert share >= 0.8, share
+    counters = judge.counters()
+    assert counters["prompt_chars_shared"] / counters["prompt_chars"] >= 0.8
+    # One nonce for the whole group, in every prompt; another group gets another.
+    nonces = {n for p in generator.prompts for n in re.findall(r"#([0-9a-f]{8})>>>", p)}
+    assert len(nonces) == 1
+    other = JudgeGroup(prefix + " more", group.candidates, reference=texts[0])
+    asyncio.run(judge.judge([other]))
+    assert len({n for p in generator.prompts for n in re.findall(r"#([0-9a-f]{8})>>>", p)}) == 2

@@ -47,9 +47,13 @@ def run(args: argparse.Namespace) -> int:
                 line = {**record, **result.to_json()}
                 summary.add(line)
                 sink.write(json.dumps(line) + "\n")
+        counters = judge.counters()
     if cfg.judge.backend == "rules":
         print("note: judge.backend=rules is a programmatic judge for controlled experiments, not a model")
     print(summary.text(output))
+    if counters.get("prompt_chars"):
+        print(f"prompt prefix shared within groups: {counters['prompt_chars_shared'] / counters['prompt_chars']:.3f} "
+              "of prompt characters (what servers' prefix caches can reuse)")
     return 0
 
 

@@ -45,6 +45,16 @@ class Ask:
     prefix: str
     texts: Tuple[str, ...]
     reference: Optional[str] = None
+    nonce: Optional[str] = None
+    """The block nonce, shared by every ask of one group (`group_nonce`) so that their prompts
+    start with the same bytes, which servers' prefix caches reuse; None = hashed from this ask's
+    own texts. Either way it is a hash over every text the prompt shows."""
+
+
+def group_nonce(prefix: str, texts: Sequence[str], reference: Optional[str]) -> str:
+    """The nonce of every prompt about one group: a hash of all its texts, so no text of the group
+    can carry it."""
+    return prompts.nonce_for(prefix, *texts, reference or "")
 
 
 @dataclass(frozen=True)
@@ -69,7 +79,7 @@ class PromptSet:
         }
 
     def render(self, ask: Ask) -> RenderedAsk:
-        nonce = prompts.nonce_for(ask.criterion, ask.prefix, *ask.texts, ask.reference or "")
+        nonce = ask.nonce or prompts.nonce_for(ask.criterion, ask.prefix, *ask.texts, ask.reference or "")
         if ask.criterion == "quality":
             fields = {"prefix": prompts.block("START", ask.prefix, nonce),
                       "option_1": prompts.block("CONTINUATION 1", ask.texts[0], nonce),

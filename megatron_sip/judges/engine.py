@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import os
 from typing import Dict, List, Optional, Protocol, Sequence, Tuple
 
 from megatron_sip.judges.config import JudgeConfig
@@ -51,9 +52,18 @@ class ModelEngine:
 
     async def ask(self, asks: Sequence[Ask], *, deadline_s: float) -> List[Votes]:
         rendered = [self._prompts.render(a) for a in asks]
+        self._count_shared_prefix([r.prompt for r in rendered])
         requests = [self._request(r.prompt) for r in rendered]
         generations = await self._generator.generate(requests, deadline_s=deadline_s)
         return [self._votes(a, r.nonce, g) for a, r, g in zip(asks, rendered, generations)]
+
+    def _count_shared_prefix(self, prompts: Sequence[str]) -> None:
+        """prompt_chars_shared / prompt_chars: the share of the characters of the prompts of one
+        call (one group, one criterion) that each prompt shares, from its start, with another
+        prompt of the call. That is what a server's prefix cache (trtllm-serve's KV block reuse,
+        vLLM's automatic prefix caching) can reuse: both match the longest cached prefix."""
+        self._counters["prompt_chars"] += sum(len(p) for p in prompts)
+        self._counters["prompt_chars_shared"] += sum(shared_prefix_lengths(prompts))
 
     def _request(self, prompt: str) -> GenerationRequest:
         cfg = self._cfg
@@ -85,3 +95,15 @@ class ModelEngine:
 
     async def aclose(self) -> None:
         await self._generator.aclose()
+
+
+def shared_prefix_lengths(prompts: Sequence[str]) -> List[int]:
+    """For each prompt, the length of its longest common prefix with any other prompt. In sorted
+    order a string's longest common prefix with the others is the one with a neighbour."""
+    order = sorted(range(len(prompts)), key=prompts.__getitem__)
+    shared = [0] * len(prompts)
+    for before, after in zip(order, order[1:]):
+        common = len(os.path.commonprefix([prompts[before], prompts[after]]))
+        shared[before] = max(shared[before], common)
+        shared[after] = max(shared[after], common)
+    return shared

@@ -21,7 +21,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 from megatron_sip.errors import InputError
 from megatron_sip.judges import rewards as rewards_lib
 from megatron_sip.judges.config import JudgeConfig
-from megatron_sip.judges.criteria import CRITERIA, PAIRWISE, Ask
+from megatron_sip.judges.criteria import CRITERIA, PAIRWISE, Ask, group_nonce
 from megatron_sip.judges.engine import JudgeEngine, Votes
 from megatron_sip.judges.ranking import Outcomes
 from megatron_sip.judges.schedules import Pair, make_schedule
@@ -102,7 +102,8 @@ class AsyncJudge:
                          deadline: float) -> List[Optional[float]]:
         known = group.known_scores.get(name, {})
         todo = [k for k in range(len(group.candidates)) if k not in known]
-        asks = [Ask(name, group.prefix, (group.candidates[k].text,), group.reference) for k in todo]
+        nonce = group_nonce(group.prefix, group.texts, group.reference)
+        asks = [Ask(name, group.prefix, (group.candidates[k].text,), group.reference, nonce) for k in todo]
         votes = await self._ask(asks, counts, deadline)
         scores: List[Optional[float]] = [known.get(k) for k in range(len(group.candidates))]
         for k, vote in zip(todo, votes):
@@ -130,8 +131,9 @@ class AsyncJudge:
             else:
                 shown.append((pair, rng.random() < 0.5))
         texts = group.texts
+        nonce = group_nonce(group.prefix, texts, group.reference)
         asks = [Ask("quality", group.prefix, (texts[j], texts[i]) if swapped else (texts[i], texts[j]),
-                    group.reference) for (i, j), swapped in shown]
+                    group.reference, nonce) for (i, j), swapped in shown]
         votes = await self._ask(asks, counts, deadline)
         for_first: Dict[Pair, List[float]] = {pair: [] for pair in pairs}
         for ((i, j), swapped), vote in zip(shown, votes):

@@ -33,9 +33,10 @@ STAT_KEYS = tuple(
     ["groups_preference", "groups_fallback", "groups_skipped", "groups_tied", "groups_judge_failed",
      "judge_calls", "judge_failed_calls", "judge_latency_s"])
 # Judge client events counted since the previous step's report (summed over DP replicas): votes
-# cut off by max_tokens, answers without a decision, refused log-probs, short choice lists.
+# cut off by max_tokens, answers without a decision, refused log-probs, short choice lists, and
+# the prompt characters a server's prefix cache can reuse.
 EVENT_KEYS = ("votes_cut_off", "votes_without_decision", "logprobs_rejected", "short_choice_lists",
-              "follow_up_requests", "oversized_responses")
+              "follow_up_requests", "oversized_responses", "prompt_chars", "prompt_chars_shared")
 STAT_KEYS += tuple(f"judge_{key}" for key in EVENT_KEYS)
 
 

@@ -122,6 +122,8 @@ class SIPStep:
             metrics[key] = int(judge[key][0])
         if judge["judge_latency_s"][1]:
             metrics["judge_latency_s"] = mean_of(judge, "judge_latency_s")
+        if judge["judge_prompt_chars"][0]:
+            metrics["judge_prompt_shared_share"] = judge["judge_prompt_chars_shared"][0] / judge["judge_prompt_chars"][0]
         metrics.update({f"time_{key}": value for key, value in timings.items()})
         if timings.get("step_s"):
             metrics["judge_wait_share"] = timings["judge_wait_s"] / timings["step_s"]
