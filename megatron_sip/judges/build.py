@@ -33,6 +33,10 @@ async def open_engine(cfg: JudgeConfig) -> JudgeEngine:
         from megatron_sip.judges.backends.rules import RulesEngine, load_lexicon
 
         return RulesEngine(load_lexicon(cfg.lexicon, key="judge.lexicon"))
+    if cfg.backend == "classifier":
+        from megatron_sip.judges.backends.classifier import open_classifier_engine
+
+        return open_classifier_engine(cfg.criteria)
     prompts = PromptSet(cfg.criteria, prompt_dir=cfg.prompt_dir, direct=cfg.decision == "direct")  # checked before any model loads
     generator = await open_generator(cfg, backend=cfg.backend, section="judge")
     try:

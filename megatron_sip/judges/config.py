@@ -7,13 +7,15 @@ from typing import Dict, List, Optional
 
 from megatron_sip.errors import ConfigError, check_choice, check_positive
 
-BACKENDS = ("openai", "embedded", "rules")
+BACKENDS = ("openai", "embedded", "rules", "classifier")
 REWRITER_BACKENDS = ("openai", "embedded", "rules")
 CRITERIA = ("quality", "safety", "factuality")
 SCHEDULES = ("round_robin", "pivot", "knockout")
 PAIR_ORDERS = ("both", "random")
 APIS = ("chat", "completions")
 DECISIONS = ("reasoned", "direct")
+CLASSIFIER_CRITERIA = ("safety",)
+"""Criteria the classifier backend has a trained classifier for (backends/classifier.py)."""
 _URL_SCHEMES = ("http://", "https://")
 REASONING_MODEL_MARKERS = ("gpt-oss", "gpt_oss", "deepseek-r1", "qwq", "thinking")
 """Substrings of model names (lower case) that mark reasoning models when judge.reasoning is null."""
@@ -93,8 +95,9 @@ class EndpointConfig:
 @dataclass
 class JudgeConfig(EndpointConfig):
     backend: str = "openai"
-    """openai (HTTP servers), embedded (the SmolLM2 model in-process) or rules (programmatic, for
-    controlled experiments)."""
+    """openai (HTTP servers), embedded (the SmolLM2 model in-process), rules (programmatic, for
+    controlled experiments) or classifier (trained text classifiers, pointwise criteria only:
+    safety from alt-profanity-check)."""
     criteria: List[str] = field(default_factory=lambda: ["quality"])
     """Criteria to score: quality (pairwise), safety (pointwise), factuality (pointwise + reference)."""
     weights: Dict[str, float] = field(default_factory=dict)
@@ -158,7 +161,10 @@ class JudgeConfig(EndpointConfig):
             raise ConfigError("judge.temperature", f"must be >= 0, got {self.temperature}")
         if not 0.0 < self.knockout_budget <= 1.0:
             raise ConfigError("judge.knockout_budget", f"{self.knockout_budget} is not in (0, 1]")
-        if self.backend != "rules":
+        if self.backend == "classifier":
+            for name in self.criteria:
+                check_classifier_criterion(name)
+        elif self.backend != "rules":
             check_reasoning_judge(self, self.model)
 
     def is_reasoning(self, model_id: Optional[str]) -> bool:
@@ -171,6 +177,16 @@ class JudgeConfig(EndpointConfig):
     def weight(self, criterion: str) -> float:
         """The reward weight of `criterion` (1.0 when judge.weights does not name it)."""
         return float(self.weights.get(criterion, 1.0))
+
+
+def check_classifier_criterion(name: str) -> None:
+    """The classifier backend scores only the pointwise criteria it has a classifier for."""
+    if name == "quality":
+        raise ConfigError("judge.criteria", "'quality' is pairwise; judge.backend=classifier scores "
+                          f"pointwise criteria only ({', '.join(CLASSIFIER_CRITERIA)})")
+    if name not in CLASSIFIER_CRITERIA:
+        raise ConfigError("judge.criteria", f"judge.backend=classifier has no classifier for '{name}' "
+                          f"(it scores {', '.join(CLASSIFIER_CRITERIA)})")
 
 
 def check_reasoning_judge(cfg: "JudgeConfig", model_id: Optional[str]) -> None:
