@@ -9,6 +9,7 @@ import os
 from pathlib import Path
 from typing import Optional
 
+DEFAULT_PREFIX_CACHE_TOKENS = 8192  # as megatron_sip.serve.generator (not imported: --help stays fast)
 HELP = "Serve a local model over the OpenAI-compatible API (/health, /v1/models, /v1/completions, /v1/chat/completions)."
 DEFAULT_KEY_ENV = "SIP_SERVE_API_KEY"
 
@@ -26,6 +27,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="largest max_tokens a request may ask; above, HTTP 400 (default 4096)")
     parser.add_argument("--max-prompts-per-request", type=int, default=64,
                         help="most prompts in one completions request; above, HTTP 400 (default 64)")
+    parser.add_argument("--prefix-cache-tokens", type=int, default=DEFAULT_PREFIX_CACHE_TOKENS,
+                        help="prompt-prefix tokens whose KV caches are reused within and across batches; "
+                             f"0 = compute every prompt from scratch (default {DEFAULT_PREFIX_CACHE_TOKENS})")
     parser.add_argument("--request-timeout-s", type=float, default=600.0,
                         help="longest a request may take; then HTTP 504 and its generation is cut (default 600)")
     parser.add_argument("--api-key-file", default=None,
@@ -59,6 +63,8 @@ def run(args: argparse.Namespace) -> int:
     for flag in ("max_batch_size", "max_queue", "max_tokens_cap", "max_prompts_per_request", "request_timeout_s"):
         if getattr(args, flag) <= 0:
             raise InputError(f"--{flag.replace('_', '-')} must be positive, got {getattr(args, flag)}")
+    if args.prefix_cache_tokens < 0:
+        raise InputError(f"--prefix-cache-tokens must be >= 0, got {args.prefix_cache_tokens}")
     if not 0 <= args.port <= 65535:
         raise InputError(f"--port {args.port} is not a port number")
     key = read_key(args.api_key_file, args.api_key_env)
@@ -76,6 +82,7 @@ def run(args: argparse.Namespace) -> int:
               flush=True)
 
     asyncio.run(serve(args.model, host=args.host, port=args.port, max_batch_size=args.max_batch_size,
-                      max_queue=args.max_queue, options=options, on_ready=ready))
+                      max_queue=args.max_queue, prefix_cache_tokens=args.prefix_cache_tokens, options=options,
+                      on_ready=ready))
     print("megatron-sip serve: stopped", flush=True)
     return 0

@@ -155,12 +155,13 @@ def bind_socket(host: str, port: int) -> socket.socket:
 
 
 async def serve(model: str, *, host: str, port: int, max_batch_size: int, max_queue: int = 256,
-                options: ServeOptions = ServeOptions(), on_ready: Callable[[str], None],
-                stop: Optional[asyncio.Event] = None) -> None:
+                prefix_cache_tokens: int = 0, options: ServeOptions = ServeOptions(),
+                on_ready: Callable[[str], None], stop: Optional[asyncio.Event] = None) -> None:
     """Load `model`, serve until SIGTERM/SIGINT (or `stop` is set), then shut down cleanly."""
     sock = bind_socket(host, port)  # first, so a taken port fails before a long model load
     try:
-        generator = await asyncio.to_thread(LocalGenerator, model, max_batch_size=max_batch_size)
+        generator = await asyncio.to_thread(LocalGenerator, model, max_batch_size=max_batch_size,
+                                            prefix_cache_tokens=prefix_cache_tokens)
     except BaseException:
         sock.close()
         raise
