@@ -12,7 +12,7 @@ is much narrower than two separate ones.
 Interval: percentile bootstrap of the mean difference, resampling seeds and prefixes with
 replacement (two-way: each replicate draws S seeds and P prefixes and averages diff over that
 grid), `num_resamples` replicates from a seeded generator, so the same inputs always give the
-same interval. Two caveats, both measured in tests/test_evaluate_stats.py:
+same interval. Two caveats (the first measured in tests/test_evaluate_stats.py):
 - noise of single (seed, prefix) cells enters both resampled margins, so with more than one seed
   the interval is too wide (about sqrt(2) when that noise dominates: 99% coverage, not 95%);
 - the bootstrap sees a margin's spread with the factor (n - 1) / n: with 3 seeds it sees 2/3 of
