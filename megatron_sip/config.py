@@ -124,6 +124,11 @@ class TrainConfig:
         if self.min_lr > self.lr:
             raise ConfigError("train.min_lr", f"{self.min_lr} exceeds train.lr={self.lr}")
 
+    @property
+    def num_samples(self) -> int:
+        """Samples the run trains on, over all data-parallel ranks."""
+        return self.steps * self.global_batch_size
+
 
 @dataclass
 class RunConfig:

@@ -12,11 +12,10 @@ from pathlib import Path
 import pytest
 
 from megatron_sip.config import load_config
-from megatron_sip.data.build import build_sip_dataset
 from megatron_sip.data.collate import collate_sip
 from megatron_sip.data.preprocess import preprocess_jsonl
 from tests.launch import REPO_ROOT
-from tests.test_data_helpers import embedded_codec
+from tests.test_data_helpers import embedded_codec, run_samples
 
 DATA = REPO_ROOT / "examples" / "data"
 
@@ -73,7 +72,7 @@ def test_heldout_through_preprocess_and_the_sampler(tmp_path: Path, corpus) -> N
     stats = preprocess_jsonl([str(DATA / "heldout.jsonl")], prefix, codec=codec)
     assert stats.num_docs == len(corpus["heldout"])
     cfg = load_config(REPO_ROOT / "examples" / "data" / "demo.yaml", [f"data.paths=[{prefix}]"])
-    source = build_sip_dataset(cfg, eod_id=codec.eod_id, num_samples=64)
+    source = run_samples(cfg, eod_id=codec.eod_id, num_samples=64)
     assert source.num_skipped_docs == {prefix: 0}  # every demo document is long enough
     samples = [source[i] for i in range(64)]
     for s in samples[:16]:

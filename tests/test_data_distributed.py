@@ -11,18 +11,17 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from tests.launch import free_port
-from tests.test_data_helpers import EOD, random_docs, run_config, write_docs
+from tests.test_data_helpers import EOD, random_docs, run_config, run_samples, write_docs
 
 NUM_SAMPLES = 48
 
 
 def _rank_main(rank: int, port: int, paths: list, out_dir: str) -> None:
     from megatron_sip.data.batching import iterate_micro_batches
-    from megatron_sip.data.build import build_sip_dataset
-
+    
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
     try:
-        source = build_sip_dataset(run_config(paths), eod_id=EOD, num_samples=NUM_SAMPLES)
+        source = run_samples(run_config(paths), eod_id=EOD, num_samples=NUM_SAMPLES)
         keys = [[int(d), int(i), int(s)]
                 for batch in iterate_micro_batches(source, consumed_samples=0, micro_batch_size=3,
                                                    dp_rank=rank, dp_size=2, pad_id=EOD)
@@ -43,9 +42,8 @@ def test_two_gloo_ranks_read_disjoint_shards_of_the_same_order(tmp_path: Path) -
                        start_method="fork")
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
 
-    from megatron_sip.data.build import build_sip_dataset
-
-    source = build_sip_dataset(run_config(paths), eod_id=EOD, num_samples=NUM_SAMPLES)
+    
+    source = run_samples(run_config(paths), eod_id=EOD, num_samples=NUM_SAMPLES)
     expected = [[s.dataset_id, s.doc_id, s.split] for s in (source[i] for i in range(NUM_SAMPLES))]
     interleaved = [ranks[r][3 * k + j] for k in range(NUM_SAMPLES // 6) for r in range(2)
                    for j in range(3)]

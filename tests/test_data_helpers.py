@@ -59,6 +59,23 @@ def run_config(paths: List, *, suffix_len: int = 16, min_prefix_len: int = 4,
     )
 
 
+def run_samples(cfg: Config, *, eod_id: Optional[int], num_samples: Optional[int] = None, **kwargs):
+    """`build_sip_dataset` over the sections of `cfg` (num_samples: None = the run's samples)."""
+    from megatron_sip.data.build import build_sip_dataset
+
+    return build_sip_dataset(cfg.data, suffix_len=cfg.sip.suffix_len, vocab_size=cfg.model.vocab_size,
+                             num_samples=cfg.train.num_samples if num_samples is None else num_samples,
+                             eod_id=eod_id, **kwargs)
+
+
+def rewrite_job(cfg: Config, *, num_samples: int, **kwargs):
+    """`run_rewrite_job` over the sections of `cfg`."""
+    from megatron_sip.data.rewrite_job import run_rewrite_job
+
+    return run_rewrite_job(cfg.data, suffix_len=cfg.sip.suffix_len, vocab_size=cfg.model.vocab_size,
+                           num_samples=num_samples, **kwargs)
+
+
 def write_jsonl(path: Path, records: Iterable) -> Path:
     """One JSON value per line (bytes lines are written as they are)."""
     with open(path, "wb") as stream:

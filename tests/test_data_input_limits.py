@@ -10,11 +10,10 @@ import numpy as np
 import pytest
 
 from megatron_sip import cli
-from megatron_sip.data.build import build_sip_dataset
 from megatron_sip.data.indexed import max_token_id
 from megatron_sip.data.preprocess import preprocess_jsonl
 from megatron_sip.errors import ConfigError, InputError
-from tests.test_data_helpers import EOD, VOCAB, embedded_codec, random_docs, run_config, write_docs, write_jsonl
+from tests.test_data_helpers import embedded_codec, EOD, random_docs, run_config, run_samples, VOCAB, write_docs, write_jsonl
 
 
 @pytest.fixture(scope="module")
@@ -67,10 +66,10 @@ def test_token_ids_beyond_the_vocabulary_name_the_dataset(tmp_path: Path) -> Non
     bad_docs = random_docs(20, min_len=40, max_len=60)
     bad_docs[7][3] = VOCAB + 5
     bad = write_docs(tmp_path / "bad", bad_docs)
-    build_sip_dataset(run_config([good]), eod_id=EOD, num_samples=8)
+    run_samples(run_config([good]), eod_id=EOD, num_samples=8)
     with pytest.raises(ConfigError, match=rf"^data\.paths: '{bad}' holds token id {VOCAB + 5}, beyond the "
                                           rf"model's vocabulary \(model\.vocab_size={VOCAB}\)"):
-        build_sip_dataset(run_config([good, bad]), eod_id=EOD, num_samples=8)
+        run_samples(run_config([good, bad]), eod_id=EOD, num_samples=8)
     # Scanned once: the result is remembered beside the dataset, keyed by the files' size and mtime.
     record = json.loads(Path(bad + ".max_token_id.json").read_text())
     assert record["max_token_id"] == max_token_id(bad) == VOCAB + 5

@@ -12,14 +12,13 @@ import numpy as np
 import pytest
 
 import megatron_sip.data.rewrite_writer as writer_module
-from megatron_sip.data.build import build_sip_dataset
 from megatron_sip.data.collate import collate_sip
 from megatron_sip.data.documents import IndexedDocuments
-from megatron_sip.data.rewrite_job import RewriteRequest, StaticJudgeRequest, run_rewrite_job
+from megatron_sip.data.rewrite_job import RewriteRequest, StaticJudgeRequest
 from megatron_sip.data.rewrite_store import RewriteStoreReader, StoreMeta, store_dir_for
 from megatron_sip.data.rewrite_writer import RewriteStoreWriter
 from megatron_sip.errors import ConfigError, InputError
-from tests.test_data_helpers import EOD, embedded_codec, run_config, write_docs
+from tests.test_data_helpers import embedded_codec, EOD, rewrite_job, run_config, run_samples, write_docs
 
 META = StoreMeta(dataset="corpus", num_docs=10, suffix_len=4, tokenizer="embedded",
                  judgments=["suffix_safe", "rewrite_wins"])
@@ -148,15 +147,15 @@ def test_job_writes_resumes_and_the_sampler_attaches(text_corpus: str, codec, tm
     cfg = _text_config([text_corpus], suffix_len=8, max_prefix_len=32)
     rewriter = UppercaseRewriter(crash_after_calls=3)
     with pytest.raises(ConnectionError):
-        run_rewrite_job(cfg, codec=codec, rewrite_fn=rewriter, judge=SafetyJudge(),
+        rewrite_job(cfg, codec=codec, rewrite_fn=rewriter, judge=SafetyJudge(),
                         num_samples=60, batch_size=4, shard_size=5)
     reader = RewriteStoreReader.open(store_dir_for(text_corpus, None))
     assert reader.num_entries == sum(r.doc_id % 5 != 0 for r in rewriter.requests)  # all kept
 
     retry = UppercaseRewriter()
-    stats = run_rewrite_job(cfg, codec=codec, rewrite_fn=retry, judge=SafetyJudge(),
+    stats = rewrite_job(cfg, codec=codec, rewrite_fn=retry, judge=SafetyJudge(),
                             num_samples=60, batch_size=4, shard_size=5)
-    source = build_sip_dataset(cfg, eod_id=EOD, num_samples=60)
+    source = run_samples(cfg, eod_id=EOD, num_samples=60)
     keys = {(s.doc_id, s.split) for s in (source[i] for i in range(60))}
     failing = {k for k in keys if k[0] % 5 == 0}
     assert stats.num_samples == 60 and stats.num_failed == len(failing)
@@ -180,7 +179,7 @@ def test_job_writes_resumes_and_the_sampler_attaches(text_corpus: str, codec, tm
     assert batch.rewrite.loss_mask_BS.sum(1).tolist() == [
         float(len(s.rewrite)) if s.rewrite is not None else 0.0 for s in samples[:6]]
 
-    again = run_rewrite_job(cfg, codec=codec, rewrite_fn=UppercaseRewriter(), judge=SafetyJudge(),
+    again = rewrite_job(cfg, codec=codec, rewrite_fn=UppercaseRewriter(), judge=SafetyJudge(),
                             num_samples=60, batch_size=4, shard_size=5)
     assert again.num_written == 0 and again.num_failed == len(failing)
 
@@ -188,13 +187,13 @@ def test_job_writes_resumes_and_the_sampler_attaches(text_corpus: str, codec, tm
 def test_job_store_under_data_rewrite_store(text_corpus: str, codec, tmp_path: Path) -> None:
     cfg = _text_config([text_corpus], suffix_len=8, max_prefix_len=32,
                      rewrite_store=str(tmp_path / "stores"))
-    run_rewrite_job(cfg, codec=codec, rewrite_fn=UppercaseRewriter(), num_samples=10)
+    rewrite_job(cfg, codec=codec, rewrite_fn=UppercaseRewriter(), num_samples=10)
     assert (store_dir_for(text_corpus, str(tmp_path / "stores")) / "store.json").is_file()
     assert not Path(text_corpus + ".rewrites").exists()
     other_n = _text_config([text_corpus], suffix_len=6, max_prefix_len=32,
                          rewrite_store=str(tmp_path / "stores"))
     with pytest.raises(ConfigError, match=r"^sip\.suffix_len"):
-        build_sip_dataset(other_n, eod_id=EOD, num_samples=10)
+        run_samples(other_n, eod_id=EOD, num_samples=10)
 
 
 def test_store_names_are_unique_per_dataset_path(tmp_path: Path) -> None:
@@ -206,12 +205,12 @@ def test_store_names_are_unique_per_dataset_path(tmp_path: Path) -> None:
 
 def test_a_re_preprocessed_dataset_or_another_tokenizer_refuses_the_store(text_corpus: str, codec) -> None:
     cfg = _text_config([text_corpus], suffix_len=8, max_prefix_len=32)
-    run_rewrite_job(cfg, codec=codec, rewrite_fn=UppercaseRewriter(), num_samples=10)
-    build_sip_dataset(cfg, eod_id=EOD, num_samples=10)  # the store matches its dataset
+    rewrite_job(cfg, codec=codec, rewrite_fn=UppercaseRewriter(), num_samples=10)
+    run_samples(cfg, eod_id=EOD, num_samples=10)  # the store matches its dataset
 
     other_tokenizer = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, tokenizer="gpt2"))
     with pytest.raises(ConfigError, match=r"^data\.tokenizer: 'gpt2', but the rewrite store .* holds tokens of 'embedded'"):
-        build_sip_dataset(other_tokenizer, eod_id=EOD, num_samples=10)
+        run_samples(other_tokenizer, eod_id=EOD, num_samples=10)
 
     # Same number of documents, other tokens: only the index digest tells them apart.
     reader = RewriteStoreReader.open(store_dir_for(text_corpus, None))
@@ -220,4 +219,4 @@ def test_a_re_preprocessed_dataset_or_another_tokenizer_refuses_the_store(text_c
                                    for d in range(documents.num_docs)])
     assert reader.meta.num_docs == documents.num_docs
     with pytest.raises(InputError, match=r"written for another version of text \(its \.idx digest differs"):
-        build_sip_dataset(cfg, eod_id=EOD, num_samples=10)
+        run_samples(cfg, eod_id=EOD, num_samples=10)

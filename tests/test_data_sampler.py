@@ -13,11 +13,10 @@ import torch
 
 from megatron_sip.data.batching import (global_batch_micro_batches, iterate_micro_batches,
                                         micro_batch_indices, sip_data_loader)
-from megatron_sip.data.build import build_sip_dataset
 from megatron_sip.data.collate import collate_sip, pack_sequences
 from megatron_sip.data.dataset import SIPSample
 from megatron_sip.errors import ConfigError, InputError
-from tests.test_data_helpers import EOD, random_docs, run_config, write_docs
+from tests.test_data_helpers import EOD, random_docs, run_config, run_samples, write_docs
 
 N = 16
 
@@ -36,7 +35,7 @@ def _keys(samples: List[SIPSample]) -> List[tuple]:
 
 
 def test_every_sample_is_an_exact_cut(corpus) -> None:
-    source = build_sip_dataset(run_config([corpus["a"]], samples_per_doc=2), eod_id=EOD,
+    source = run_samples(run_config([corpus["a"]], samples_per_doc=2), eod_id=EOD,
                                num_samples=500)
     docs = corpus["docs_a"]
     for i in range(0, 500, 3):
@@ -53,9 +52,9 @@ def test_every_sample_is_an_exact_cut(corpus) -> None:
 
 def test_same_seed_same_samples_other_seed_other_samples(corpus) -> None:
     cfg = run_config([corpus["a"]])
-    first = _keys([build_sip_dataset(cfg, eod_id=EOD, num_samples=80)[i] for i in range(80)])
-    again = _keys([build_sip_dataset(cfg, eod_id=EOD, num_samples=80)[i] for i in range(80)])
-    other = _keys([build_sip_dataset(run_config([corpus["a"]], seed=99), eod_id=EOD,
+    first = _keys([run_samples(cfg, eod_id=EOD, num_samples=80)[i] for i in range(80)])
+    again = _keys([run_samples(cfg, eod_id=EOD, num_samples=80)[i] for i in range(80)])
+    other = _keys([run_samples(run_config([corpus["a"]], seed=99), eod_id=EOD,
                                      num_samples=80)[i] for i in range(80)])
     assert first == again
     assert sum(a != b for a, b in zip(first, other)) > 60
@@ -64,13 +63,13 @@ def test_same_seed_same_samples_other_seed_other_samples(corpus) -> None:
 def test_sample_order_does_not_depend_on_the_number_built(corpus) -> None:
     for paths in ([corpus["a"]], [0.3, corpus["a"], 0.7, corpus["b"]]):
         cfg = run_config(paths)
-        small = build_sip_dataset(cfg, eod_id=EOD, num_samples=50)
-        large = build_sip_dataset(cfg, eod_id=EOD, num_samples=2000)
+        small = run_samples(cfg, eod_id=EOD, num_samples=50)
+        large = run_samples(cfg, eod_id=EOD, num_samples=2000)
         assert _keys([small[i] for i in range(50)]) == _keys([large[i] for i in range(50)])
 
 
 def test_resume_reads_the_tail_of_an_uninterrupted_run(corpus) -> None:
-    source = build_sip_dataset(run_config([corpus["a"]]), eod_id=EOD, num_samples=200)
+    source = run_samples(run_config([corpus["a"]]), eod_id=EOD, num_samples=200)
     for rank in range(2):
         kwargs = dict(micro_batch_size=3, dp_rank=rank, dp_size=2, pad_id=EOD)
         full = list(iterate_micro_batches(source, consumed_samples=0, **kwargs))
@@ -82,7 +81,7 @@ def test_resume_reads_the_tail_of_an_uninterrupted_run(corpus) -> None:
 
 
 def test_step_at_a_time_equals_the_stream(corpus) -> None:
-    source = build_sip_dataset(run_config([corpus["a"]]), eod_id=EOD, num_samples=64)
+    source = run_samples(run_config([corpus["a"]]), eod_id=EOD, num_samples=64)
     stream = list(iterate_micro_batches(source, consumed_samples=0, micro_batch_size=2, dp_rank=1,
                                         dp_size=2, pad_id=EOD, seq_length=79))
     steps = [batch for step in range(4) for batch in global_batch_micro_batches(
@@ -109,7 +108,7 @@ def test_dp_shards_are_disjoint_and_complete(dp_size: int, micro_batch_size: int
 
 
 def test_dp_ranks_together_see_the_global_sample_order(corpus) -> None:
-    source = build_sip_dataset(run_config([corpus["a"]]), eod_id=EOD, num_samples=64)
+    source = run_samples(run_config([corpus["a"]]), eod_id=EOD, num_samples=64)
     per_rank = [[int(d) for b in iterate_micro_batches(source, consumed_samples=0, micro_batch_size=2,
                                                        dp_rank=r, dp_size=2, pad_id=EOD)
                  for d in b.doc_ids_B] for r in range(2)]
@@ -119,7 +118,7 @@ def test_dp_ranks_together_see_the_global_sample_order(corpus) -> None:
 
 def test_blend_follows_its_weights(corpus) -> None:
     cfg = run_config([0.25, corpus["a"], 0.75, corpus["b"]])
-    source = build_sip_dataset(cfg, eod_id=EOD, num_samples=4000)
+    source = run_samples(cfg, eod_id=EOD, num_samples=4000)
     ids = np.array([source[i].dataset_id for i in range(4000)])
     for n in (100, 1000, 4000):  # Megatron's blending index keeps every prefix on target
         assert abs(ids[:n].mean() - 0.75) < 0.02
@@ -130,7 +129,7 @@ def test_blend_follows_its_weights(corpus) -> None:
 
 
 def test_unweighted_blend_weighs_by_samples_per_epoch(corpus) -> None:
-    source = build_sip_dataset(run_config([corpus["a"], corpus["b"]]), eod_id=EOD, num_samples=3000)
+    source = run_samples(run_config([corpus["a"], corpus["b"]]), eod_id=EOD, num_samples=3000)
     sizes = [ds.schedule.samples_per_epoch for ds in source.datasets]
     ids = np.array([source[i].dataset_id for i in range(3000)])
     assert abs(ids.mean() - sizes[1] / sum(sizes)) < 0.02
@@ -138,7 +137,7 @@ def test_unweighted_blend_weighs_by_samples_per_epoch(corpus) -> None:
 
 
 def test_epochs_repeat_documents_with_new_splits(corpus) -> None:
-    source = build_sip_dataset(run_config([corpus["b"]]), eod_id=EOD, num_samples=150)
+    source = run_samples(run_config([corpus["b"]]), eod_id=EOD, num_samples=150)
     per_epoch = source.datasets[0].schedule.samples_per_epoch
     assert per_epoch == 60 and len(source) == 180
     first = {source[i].doc_id: source[i].split for i in range(60)}
@@ -148,7 +147,7 @@ def test_epochs_repeat_documents_with_new_splits(corpus) -> None:
 
 
 def test_synthetic_samples_without_paths() -> None:
-    source = build_sip_dataset(run_config([]), eod_id=None, num_samples=40)
+    source = run_samples(run_config([]), eod_id=None, num_samples=40)
     sample = source[3]
     assert len(sample.suffix) == N and 4 <= len(sample.prefix) <= 64
     assert source.prefixes == ["synthetic"]
@@ -156,7 +155,7 @@ def test_synthetic_samples_without_paths() -> None:
 
 
 def test_collate_masks_cover_exactly_the_suffix(corpus) -> None:
-    source = build_sip_dataset(run_config([corpus["a"]]), eod_id=EOD, num_samples=8)
+    source = run_samples(run_config([corpus["a"]]), eod_id=EOD, num_samples=8)
     samples = [source[i] for i in range(5)]
     batch = collate_sip(samples, pad_id=EOD)
     lm = batch.suffix
@@ -191,7 +190,7 @@ def test_pack_sequences_pads_to_a_static_length() -> None:
 
 
 def test_data_loader_matches_the_plain_iterator_and_the_source_pickles(corpus) -> None:
-    source = build_sip_dataset(run_config([corpus["a"]]), eod_id=EOD, num_samples=40)
+    source = run_samples(run_config([corpus["a"]]), eod_id=EOD, num_samples=40)
     plain = list(iterate_micro_batches(source, consumed_samples=8, micro_batch_size=2, dp_rank=1,
                                        dp_size=2, pad_id=EOD))
     loader = sip_data_loader(source, consumed_samples=8, micro_batch_size=2, dp_rank=1, dp_size=2,
@@ -205,7 +204,7 @@ def test_data_loader_matches_the_plain_iterator_and_the_source_pickles(corpus) -
 
 def test_suffix_longer_than_every_document(corpus) -> None:
     with pytest.raises(ConfigError) as info:
-        build_sip_dataset(run_config([corpus["b"]], suffix_len=200, max_prefix_len=64),
+        run_samples(run_config([corpus["b"]], suffix_len=200, max_prefix_len=64),
                           eod_id=EOD, num_samples=10)
     longest = max(len(doc) for doc in corpus["docs_b"])
     assert str(info.value).startswith("sip.suffix_len")
@@ -214,18 +213,18 @@ def test_suffix_longer_than_every_document(corpus) -> None:
 
 def test_missing_or_corrupt_datasets_in_a_blend(corpus, tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as info:
-        build_sip_dataset(run_config([0.5, corpus["a"], 0.5, str(tmp_path / "gone")]), eod_id=EOD)
+        run_samples(run_config([0.5, corpus["a"], 0.5, str(tmp_path / "gone")]), eod_id=EOD)
     assert str(info.value).startswith("data.paths") and "gone" in str(info.value)
     broken = write_docs(tmp_path / "broken", random_docs(5, min_len=40, max_len=50))
     Path(broken + ".bin").write_bytes(Path(broken + ".bin").read_bytes()[:-4])
     with pytest.raises(InputError, match=r"broken\.bin: truncated"):
-        build_sip_dataset(run_config([corpus["a"], broken]), eod_id=EOD)
+        run_samples(run_config([corpus["a"], broken]), eod_id=EOD)
 
 
 def test_eval_paths_build_separately(corpus) -> None:
     cfg = run_config([corpus["a"]])
     with pytest.raises(ConfigError, match="data.eval_paths"):
-        build_sip_dataset(cfg, eod_id=EOD, paths_key="data.eval_paths")
+        run_samples(cfg, eod_id=EOD, paths_key="data.eval_paths")
     cfg.data.eval_paths = [corpus["b"]]
-    source = build_sip_dataset(cfg, eod_id=EOD, paths_key="data.eval_paths", num_samples=10)
+    source = run_samples(cfg, eod_id=EOD, paths_key="data.eval_paths", num_samples=10)
     assert source.prefixes == [corpus["b"]]

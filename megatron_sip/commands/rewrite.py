@@ -40,7 +40,9 @@ def run(args: argparse.Namespace) -> int:
     with open_rewrite_fn(cfg, codec) as rewrite_fn, \
             tqdm(unit=" samples", desc="rewrite", file=sys.stderr, disable=args.no_progress,
                  dynamic_ncols=True) as bar:
-        stats = run_rewrite_job(cfg, codec=codec, rewrite_fn=rewrite_fn, num_samples=args.count,
+        stats = run_rewrite_job(cfg.data, suffix_len=cfg.sip.suffix_len, vocab_size=cfg.model.vocab_size,
+                                num_samples=cfg.train.num_samples if args.count is None else args.count,
+                                codec=codec, rewrite_fn=rewrite_fn,
                                 batch_size=args.batch_size, shard_size=args.shard_size,
                                 on_progress=bar.update)
     print(f"{stats.num_samples} samples: {stats.num_written} rewrites written, "

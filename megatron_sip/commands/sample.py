@@ -33,7 +33,9 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(f"--dp-rank {args.dp_rank} is not in [0, --dp-size={args.dp_size})")
     cfg = config_from_args(args)
     codec = load_codec(cfg.data.tokenizer, cfg.data.eod_token)
-    for record in preview_records(cfg, codec=codec, count=args.count, start=args.start,
+    for record in preview_records(cfg.data, suffix_len=cfg.sip.suffix_len, vocab_size=cfg.model.vocab_size,
+                                  micro_batch_size=cfg.train.micro_batch_size, codec=codec,
+                                  count=args.count, start=args.start,
                                   dp_rank=args.dp_rank, dp_size=args.dp_size,
                                   tail_tokens=args.tail_tokens):
         sys.stdout.write(json.dumps(record, ensure_ascii=False) + "\n")

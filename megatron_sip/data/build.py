@@ -23,8 +23,8 @@ from megatron.core.datasets.blended_dataset import BlendedDataset
 from megatron.core.datasets.blended_megatron_dataset_builder import BlendedMegatronDatasetBuilder
 from megatron.core.utils import log_single_rank
 
-from megatron_sip.config import Config
 from megatron_sip.data.blend import Blend, parse_blend
+from megatron_sip.data.config import DataConfig
 from megatron_sip.data.dataset import SIPDataset, SIPDatasetConfig, SIPSample, too_short_error
 from megatron_sip.data.documents import IndexedDocuments
 from megatron_sip.data.indexed import indexed_dataset_exists, max_token_id
@@ -62,24 +62,25 @@ class SIPSampleSource(torch.utils.data.Dataset):
         return {prefix: ds.schedule.num_skipped_docs for prefix, ds in zip(self.prefixes, self.datasets)}
 
 
-def build_sip_dataset(cfg: Config, *, eod_id: Optional[int], num_samples: Optional[int] = None,
-                      paths_key: str = TRAIN_PATHS, use_rewrites: bool = True,
+def build_sip_dataset(data: DataConfig, *, suffix_len: int, vocab_size: int, num_samples: int,
+                      eod_id: Optional[int], paths_key: str = TRAIN_PATHS, use_rewrites: bool = True,
                       is_built_on_rank: Optional[Callable[[], bool]] = None
                       ) -> Optional[SIPSampleSource]:
-    """The samples of `cfg.data.paths` (or `data.eval_paths`), `num_samples` of them at least;
+    """The samples of `data.paths` (or `data.eval_paths`), `num_samples` of them at least;
     None on a rank where `is_built_on_rank()` is False (Megatron's convention).
 
+    suffix_len: N, tokens per suffix (`sip.suffix_len`).
+    vocab_size: the model's vocabulary (`model.vocab_size`): token ids must lie below it.
+    num_samples: samples to build (a run trains on `TrainConfig.num_samples`).
     eod_id: the end-of-document id the documents end with (`TextCodec.eod_id`), stripped before
         cutting; None when they end with none.
-    num_samples: samples to build; None = train.steps * train.global_batch_size.
     is_built_on_rank: Megatron's hook; None = every rank builds (each reads the files itself).
     """
-    blend = _blend(cfg, paths_key)
-    if num_samples is None:
-        num_samples = cfg.train.steps * cfg.train.global_batch_size
-    config = _dataset_config(cfg, blend, eod_id=eod_id, use_rewrites=use_rewrites)
+    blend = _blend(data, paths_key)
+    config = _dataset_config(data, blend, suffix_len=suffix_len, vocab_size=vocab_size, eod_id=eod_id,
+                             use_rewrites=use_rewrites)
     if blend is not None:
-        samples_per_epoch = _check_datasets(blend, config, key=paths_key, vocab_size=cfg.model.vocab_size)
+        samples_per_epoch = _check_datasets(blend, config, key=paths_key, vocab_size=vocab_size)
         if blend.weights is None and len(blend.prefixes) > 1:
             # Megatron would cap an unweighted blend at one epoch; explicit weights do not.
             weighted = (blend.prefixes, samples_per_epoch)
@@ -98,29 +99,29 @@ def build_sip_dataset(cfg: Config, *, eod_id: Optional[int], num_samples: Option
     return SIPSampleSource(top, prefixes, datasets)
 
 
-def _blend(cfg: Config, paths_key: str) -> Optional[Blend]:
+def _blend(data: DataConfig, paths_key: str) -> Optional[Blend]:
     if paths_key == TRAIN_PATHS:
-        return parse_blend(cfg.data.paths, key=paths_key)
+        return parse_blend(data.paths, key=paths_key)
     if paths_key == EVAL_PATHS:
-        blend = parse_blend(cfg.data.eval_paths, key=paths_key)
+        blend = parse_blend(data.eval_paths, key=paths_key)
         if blend is None:
             raise ConfigError(EVAL_PATHS, "is empty: name the held-out datasets")
         return blend
     raise ValueError(f"paths_key must be {TRAIN_PATHS} or {EVAL_PATHS}, got {paths_key}")
 
 
-def _dataset_config(cfg: Config, blend: Optional[Blend], *, eod_id: Optional[int],
-                    use_rewrites: bool) -> SIPDatasetConfig:
+def _dataset_config(data: DataConfig, blend: Optional[Blend], *, suffix_len: int, vocab_size: int,
+                    eod_id: Optional[int], use_rewrites: bool) -> SIPDatasetConfig:
     return SIPDatasetConfig(
-        random_seed=cfg.data.seed,
-        sequence_length=cfg.data.max_prefix_len + cfg.sip.suffix_len,
+        random_seed=data.seed,
+        sequence_length=data.max_prefix_len + suffix_len,
         blend=None if blend is None else (blend.prefixes, blend.weights),
         split="1,0,0" if blend is not None else None,  # every document trains; held-out sets are
         path_to_cache=None,                            # separate datasets (data.eval_paths)
-        suffix_len=cfg.sip.suffix_len, max_prefix_len=cfg.data.max_prefix_len,
-        min_prefix_len=cfg.data.min_prefix_len, samples_per_doc=cfg.data.samples_per_doc,
-        eod_id=eod_id, rewrite_store=cfg.data.rewrite_store, use_rewrites=use_rewrites, tokenizer=cfg.data.tokenizer,
-        synthetic_vocab_size=cfg.model.vocab_size,
+        suffix_len=suffix_len, max_prefix_len=data.max_prefix_len,
+        min_prefix_len=data.min_prefix_len, samples_per_doc=data.samples_per_doc,
+        eod_id=eod_id, rewrite_store=data.rewrite_store, use_rewrites=use_rewrites, tokenizer=data.tokenizer,
+        synthetic_vocab_size=vocab_size,
     )
 
 

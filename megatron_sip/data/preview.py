@@ -6,10 +6,10 @@ import itertools
 import math
 from typing import Any, Dict, Iterator, List
 
-from megatron_sip.config import Config
 from megatron_sip.data.batching import micro_batch_indices
 from megatron_sip.data.build import SIPSampleSource, build_sip_dataset
 from megatron_sip.data.codec import TextCodec
+from megatron_sip.data.config import DataConfig
 
 
 def rank_sample_indices(*, count: int, start: int, micro_batch_size: int, dp_rank: int,
@@ -23,15 +23,17 @@ def rank_sample_indices(*, count: int, start: int, micro_batch_size: int, dp_ran
     return list(itertools.islice(itertools.chain.from_iterable(batches), count))
 
 
-def preview_records(cfg: Config, *, codec: TextCodec, count: int, start: int = 0,
-                    dp_rank: int = 0, dp_size: int = 1,
+def preview_records(data: DataConfig, *, suffix_len: int, vocab_size: int, micro_batch_size: int,
+                    codec: TextCodec, count: int, start: int = 0, dp_rank: int = 0, dp_size: int = 1,
                     tail_tokens: int = 24) -> Iterator[Dict[str, Any]]:
-    """One record per sample, in the order rank `dp_rank` of `dp_size` would read them."""
-    indices = rank_sample_indices(count=count, start=start, micro_batch_size=cfg.train.micro_batch_size,
+    """One record per sample, in the order rank `dp_rank` of `dp_size` would read them
+    (`suffix_len`, `vocab_size`: as for `build_sip_dataset`)."""
+    indices = rank_sample_indices(count=count, start=start, micro_batch_size=micro_batch_size,
                                   dp_rank=dp_rank, dp_size=dp_size)
     if not indices:
         return
-    source = build_sip_dataset(cfg, eod_id=codec.eod_id, num_samples=max(indices) + 1)
+    source = build_sip_dataset(data, suffix_len=suffix_len, vocab_size=vocab_size, eod_id=codec.eod_id,
+                               num_samples=max(indices) + 1)
     for index in indices:
         yield sample_record(source, index, codec=codec, tail_tokens=tail_tokens)
 

@@ -19,9 +19,9 @@ from typing import Callable, Dict, List, Mapping, Optional, Protocol, Sequence, 
 
 import numpy as np
 
-from megatron_sip.config import Config
 from megatron_sip.data.build import build_sip_dataset
 from megatron_sip.data.codec import TextCodec
+from megatron_sip.data.config import DataConfig
 from megatron_sip.data.dataset import SIPSample
 from megatron_sip.data.rewrite_store import StoreMeta, index_digest, store_dir_for
 from megatron_sip.data.rewrite_writer import RewriteStoreWriter
@@ -77,20 +77,20 @@ class RewriteJobStats:
     """(doc, split) keys the rewriter returned nothing usable for (retried by the next run)."""
 
 
-def run_rewrite_job(cfg: Config, *, codec: TextCodec, rewrite_fn: RewriteFn,
-                    judge: Optional[StaticJudge] = None, num_samples: Optional[int] = None,
+def run_rewrite_job(data: DataConfig, *, suffix_len: int, vocab_size: int, num_samples: int,
+                    codec: TextCodec, rewrite_fn: RewriteFn, judge: Optional[StaticJudge] = None,
                     batch_size: int = 16, shard_size: int = 512,
                     on_progress: Optional[Callable[[int], None]] = None) -> RewriteJobStats:
-    """Fill the rewrite stores of `cfg.data.paths` for the first `num_samples` samples
-    (None = train.steps * train.global_batch_size). Committed shards survive any interruption."""
-    if not cfg.data.paths:
+    """Fill the rewrite stores of `data.paths` for the first `num_samples` samples (a run trains on
+    `TrainConfig.num_samples`). Committed shards survive any interruption."""
+    if not data.paths:
         raise ConfigError("data.paths", "is empty: the rewrite job needs datasets")
     if batch_size < 1 or shard_size < 1:
         raise ValueError(f"batch_size and shard_size must be >= 1, got {batch_size}, {shard_size}")
-    source = build_sip_dataset(cfg, eod_id=codec.eod_id, num_samples=num_samples, use_rewrites=False)
-    num_samples = len(source) if num_samples is None else num_samples
+    source = build_sip_dataset(data, suffix_len=suffix_len, vocab_size=vocab_size, eod_id=codec.eod_id,
+                               num_samples=num_samples, use_rewrites=False)
     names = list(judge.names) if judge is not None else []
-    writers = [_open_writer(cfg, prefix, dataset.documents.num_docs, names, codec)
+    writers = [_open_writer(data, prefix, dataset.documents.num_docs, names, codec, suffix_len=suffix_len)
                for prefix, dataset in zip(source.prefixes, source.datasets)]
     job = _Job(source.prefixes, writers, codec, rewrite_fn, judge, shard_size)
     try:
@@ -113,11 +113,11 @@ def run_rewrite_job(cfg: Config, *, codec: TextCodec, rewrite_fn: RewriteFn,
     return job.stats
 
 
-def _open_writer(cfg: Config, prefix: str, num_docs: int, names: List[str],
-                 codec: TextCodec) -> RewriteStoreWriter:
-    meta = StoreMeta(dataset=Path(prefix).name, num_docs=num_docs, suffix_len=cfg.sip.suffix_len,
-                     tokenizer=cfg.data.tokenizer, judgments=names, index_digest=index_digest(prefix))
-    return RewriteStoreWriter(store_dir_for(prefix, cfg.data.rewrite_store), meta,
+def _open_writer(data: DataConfig, prefix: str, num_docs: int, names: List[str], codec: TextCodec, *,
+                 suffix_len: int) -> RewriteStoreWriter:
+    meta = StoreMeta(dataset=Path(prefix).name, num_docs=num_docs, suffix_len=suffix_len,
+                     tokenizer=data.tokenizer, judgments=names, index_digest=index_digest(prefix))
+    return RewriteStoreWriter(store_dir_for(prefix, data.rewrite_store), meta,
                               vocab_size=codec.vocab_size)
 
 

@@ -9,8 +9,8 @@ from typing import Tuple
 
 import numpy as np
 
-from megatron_sip.config import Config
 from megatron_sip.data.codec import TextCodec
+from megatron_sip.data.config import DataConfig
 from megatron_sip.logging_utils import get_logger
 
 _log = get_logger(__name__)
@@ -34,12 +34,13 @@ class HeldOutSet:
         return len(self.prefixes)
 
 
-def load_heldout(cfg: Config, codec: TextCodec, *, num_prefixes: int) -> HeldOutSet:
+def load_heldout(data: DataConfig, codec: TextCodec, *, suffix_len: int, vocab_size: int,
+                 num_prefixes: int) -> HeldOutSet:
     """The first `num_prefixes` samples of data.eval_paths (fewer when one epoch holds fewer)."""
     from megatron_sip.data.build import EVAL_PATHS, build_sip_dataset
 
-    source = build_sip_dataset(cfg, eod_id=codec.eod_id, num_samples=num_prefixes, paths_key=EVAL_PATHS,
-                               use_rewrites=False)
+    source = build_sip_dataset(data, suffix_len=suffix_len, vocab_size=vocab_size, eod_id=codec.eod_id,
+                               num_samples=num_prefixes, paths_key=EVAL_PATHS, use_rewrites=False)
     per_epoch = sum(ds.schedule.samples_per_epoch for ds in source.datasets)
     if num_prefixes > per_epoch:
         _log.warning("data.eval_paths holds %d samples per epoch: evaluating %d prefixes, not %d",

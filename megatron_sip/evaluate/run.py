@@ -62,7 +62,8 @@ def evaluate(cfg: Config, eval_cfg: EvalConfig, *, progress: ProgressFactory = n
         ctx = init_parallel(cfg.model, seed=cfg.train.seed)
         try:
             sources = _sources(eval_cfg, cfg, ctx)
-            heldout = load_heldout(cfg, codec, num_prefixes=eval_cfg.num_prefixes)
+            heldout = load_heldout(cfg.data, codec, suffix_len=cfg.sip.suffix_len,
+                                   vocab_size=cfg.model.vocab_size, num_prefixes=eval_cfg.num_prefixes)
             pairs = None
             if eval_cfg.pairs:
                 from megatron_sip.evaluate.pairs import load_pairs

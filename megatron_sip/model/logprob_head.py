@@ -14,11 +14,14 @@ Legend: S sequence, B batch, H hidden, V_local this rank's vocabulary rows.
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Iterator, NamedTuple, Optional
+from typing import TYPE_CHECKING, Any, Iterator, NamedTuple, Optional
 
 import torch
 
 from megatron_sip.model.build import unwrap_model
+
+if TYPE_CHECKING:  # annotation only: the config schema imports model.config
+    from megatron_sip.config import SIPConfig
 
 IGNORE_LABEL = -1
 """Labels below zero are not scored (their position's NLL is 0)."""
@@ -88,3 +91,8 @@ class LogprobHead:
             return model(tokens_BS, position_ids_BS, None, labels=labels_BS)
         with fused_logprob_head(model, tp_group=self.tp_group, backend=self.backend, fp8=self.fp8):
             return model(tokens_BS, position_ids_BS, None, labels=masked_labels(labels_BS, loss_mask_BS))
+
+
+def logprob_head(sip: "SIPConfig", *, tp_group: Optional[Any], fp8: bool = False) -> LogprobHead:
+    """The head the `sip` section asks for (`sip.logprobs_impl`, `sip.logprobs_backend`)."""
+    return LogprobHead(impl=sip.logprobs_impl, tp_group=tp_group, backend=sip.logprobs_backend, fp8=fp8)

@@ -18,13 +18,12 @@ from typing import Any, Dict, List, Optional
 
 from megatron_sip.config import Config
 from megatron_sip.loss import sip_loss
+from megatron_sip.model.logprob_head import logprob_head
 from megatron_sip.parallel import ParallelContext
 from megatron_sip.sip.batching import SIPMicroBatch, build_micro_batches
 from megatron_sip.sip.candidates import build_candidate_sets, candidate_sets_from_state, candidate_sets_to_state
 from megatron_sip.sip.judging import EVENT_KEYS, KINDS, PendingJudgment, ReplicaJudge
-from megatron_sip.sip.sampling import StepSampler
-from megatron_sip.train.objectives import logprob_head
-from megatron_sip.train.setup import TrainState
+from megatron_sip.train.setup import TrainState, build_step_sampler
 from megatron_sip.train.step import StepOutcome, mean_of, train_step
 
 LOSS_REPORTS = ("loss", "dpo_loss", "dpo_margin", "dpo_accuracy", "chosen_nll", "rf_nll", "fallback_nll", "tokens")
@@ -38,15 +37,16 @@ class SIPStep:
         self.codec = load_codec(cfg.data.tokenizer, cfg.data.eod_token)
         self.seq_length = cfg.data.max_prefix_len + cfg.sip.suffix_len
         self.rows_per_prefix = 2 if cfg.sip.objective == "dpo" else 1
-        self.head = logprob_head(cfg, ctx)
-        self.sampler = StepSampler(cfg, ctx, eod_id=self.codec.eod_id)
+        self.head = logprob_head(cfg.sip, tp_group=ctx.tp_group)
+        self.sampler = build_step_sampler(cfg, ctx, eod_id=self.codec.eod_id)
         self.rollouts = _build_rollouts(cfg, ctx, state, self.codec.eod_id)
         self.reference = None
         if cfg.sip.objective == "dpo":
             from megatron_sip.sip.reference import ReferenceModel
 
             self.reference = ReferenceModel(cfg, ctx, state.model[0].module,
-                                            head=logprob_head(cfg, ctx, fp8=cfg.sip.reference_fp8))
+                                            head=logprob_head(cfg.sip, tp_group=ctx.tp_group,
+                                                              fp8=cfg.sip.reference_fp8))
         self.judge = ReplicaJudge(cfg, ctx, self.codec)
         self._pending: Dict[int, PendingJudgment] = {}
 

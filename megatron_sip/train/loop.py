@@ -18,7 +18,8 @@ from megatron_sip.logging_utils import get_logger, setup_logging
 from megatron_sip.parallel import ParallelContext, destroy_parallel, init_parallel
 from megatron_sip.train.checkpoint import CheckpointManager
 from megatron_sip.train.metrics import MetricsWriter
-from megatron_sip.train.setup import build_train_state
+from megatron_sip.train.objectives import NllStep, ObjectiveStep
+from megatron_sip.train.setup import TrainState, build_train_state
 from megatron_sip.train.signals import StopRequest
 
 _log = get_logger(__name__)
@@ -41,14 +42,21 @@ def train(cfg: Config, *, resume: Optional[str] = None) -> List[Dict[str, Any]]:
         destroy_parallel()
 
 
+def build_step(cfg: Config, ctx: ParallelContext, state: TrainState) -> ObjectiveStep:
+    """The step of `sip.objective`: the loop sits above both the baseline and SIP."""
+    if cfg.sip.objective == "nll":
+        return NllStep(cfg, ctx, state)
+    from megatron_sip.sip.step import SIPStep
+
+    return SIPStep(cfg, ctx, state)
+
+
 def _multiple(step: int, interval: int) -> bool:
     return interval > 0 and step % interval == 0
 
 
 class Trainer:
     def __init__(self, cfg: Config, ctx: ParallelContext) -> None:
-        from megatron_sip.train.objectives import build_step
-
         self.cfg, self.ctx = cfg, ctx
         self.output_dir = Path(cfg.run.output_dir)
         self.state = build_train_state(cfg, ctx)

@@ -1,4 +1,5 @@
-"""The per-objective step the loop runs: `nll` here; SIP (`dpo`, `rf_nll`) in megatron_sip.sip."""
+"""The per-objective step the loop runs: `nll` here; SIP (`dpo`, `rf_nll`) in megatron_sip.sip
+(the loop picks one: `megatron_sip.train.loop.build_step`)."""
 
 from __future__ import annotations
 
@@ -6,10 +7,10 @@ from functools import partial
 from typing import Any, Dict, Protocol
 
 from megatron_sip.config import Config
-from megatron_sip.model.logprob_head import LogprobHead
+from megatron_sip.model.logprob_head import logprob_head
 from megatron_sip.parallel import ParallelContext
 from megatron_sip.train.batch import TokenBatch
-from megatron_sip.train.setup import TrainState
+from megatron_sip.train.setup import TrainState, build_step_sampler
 from megatron_sip.train.step import StepOutcome, nll_forward_step, train_step
 
 
@@ -28,26 +29,16 @@ class ObjectiveStep(Protocol):
     def close(self) -> None: ...
 
 
-def build_step(cfg: Config, ctx: ParallelContext, state: TrainState) -> ObjectiveStep:
-    if cfg.sip.objective == "nll":
-        return NllStep(cfg, ctx, state)
-    from megatron_sip.sip.step import SIPStep
-
-    return SIPStep(cfg, ctx, state)
-
-
 class NllStep:
     """Standard next-token pretraining on the same samples SIP sees (prefix + original suffix,
     loss on every real token): the baseline SIP is compared against."""
 
     def __init__(self, cfg: Config, ctx: ParallelContext, state: TrainState) -> None:
-        from megatron_sip.sip.sampling import StepSampler
-
         self.cfg, self.ctx, self.state = cfg, ctx, state
         self.seq_length = cfg.data.max_prefix_len + cfg.sip.suffix_len
         self.eod_id = _eod_id(cfg)
-        self.sampler = StepSampler(cfg, ctx, eod_id=self.eod_id)
-        self.head = logprob_head(cfg, ctx)
+        self.sampler = build_step_sampler(cfg, ctx, eod_id=self.eod_id)
+        self.head = logprob_head(cfg.sip, tp_group=ctx.tp_group)
 
     def run(self, *, step: int, consumed_samples: int) -> StepOutcome:
         from megatron_sip.data.collate import collate_sip
@@ -88,6 +79,3 @@ def _eod_id(cfg: Config):
 
     return load_codec(cfg.data.tokenizer, cfg.data.eod_token).eod_id
 
-
-def logprob_head(cfg: Config, ctx: ParallelContext, *, fp8: bool = False) -> LogprobHead:
-    return LogprobHead(impl=cfg.sip.logprobs_impl, tp_group=ctx.tp_group, backend=cfg.sip.logprobs_backend, fp8=fp8)

@@ -4,12 +4,16 @@ and its learning-rate schedule, wired to the pipeline schedule's hooks."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, List
+from typing import TYPE_CHECKING, Any, List, Optional
 
 from megatron_sip.config import Config, TrainConfig
 from megatron_sip.model.build import build_gpt_model, transformer_config
+from megatron_sip.model.config import ModelConfig
 from megatron_sip.model.init import init_layout_invariant
 from megatron_sip.parallel import ParallelContext
+
+if TYPE_CHECKING:
+    from megatron_sip.data.step_sampler import StepSampler
 
 
 @dataclass
@@ -21,6 +25,17 @@ class TrainState:
     optimizer: Any
     scheduler: Any
     transformer_config: Any
+
+
+def build_step_sampler(cfg: Config, ctx: ParallelContext, *, eod_id: Optional[int]) -> StepSampler:
+    """The sampler of this rank over the samples the whole run trains on (every rank builds them)."""
+    from megatron_sip.data.build import build_sip_dataset
+    from megatron_sip.data.step_sampler import StepSampler
+
+    source = build_sip_dataset(cfg.data, suffix_len=cfg.sip.suffix_len, vocab_size=cfg.model.vocab_size,
+                               num_samples=cfg.train.num_samples, eod_id=eod_id)
+    return StepSampler(source, global_batch_size=cfg.train.global_batch_size,
+                       micro_batch_size=cfg.train.micro_batch_size, dp_rank=ctx.dp_rank, dp_size=ctx.dp_size)
 
 
 def build_train_state(cfg: Config, ctx: ParallelContext) -> TrainState:
@@ -37,7 +52,7 @@ def build_train_state(cfg: Config, ctx: ParallelContext) -> TrainState:
     ddp_config = DistributedDataParallelConfig(grad_reduce_in_fp32=True, overlap_grad_reduce=False,
                                                use_distributed_optimizer=False)
     ddp_model = DistributedDataParallel(tconfig, ddp_config, model)
-    optimizer = build_optimizer(cfg, [ddp_model])
+    optimizer = build_optimizer(cfg.train, cfg.model, [ddp_model])
     # Hooks the pipeline schedule calls: loss scaling (fp16/bf16), no-sync during accumulation,
     # and the grad all-reduce + division by the global token/pair count after the last micro-batch.
     tconfig.grad_scale_func = optimizer.scale_loss
@@ -46,11 +61,10 @@ def build_train_state(cfg: Config, ctx: ParallelContext) -> TrainState:
     return TrainState([ddp_model], optimizer, build_scheduler(cfg.train, optimizer), tconfig)
 
 
-def build_optimizer(cfg: Config, model_chunks: List[Any]) -> Any:
+def build_optimizer(train: TrainConfig, model: ModelConfig, model_chunks: List[Any]) -> Any:
     import torch
     from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
 
-    train, model = cfg.train, cfg.model
     opt_config = OptimizerConfig(
         optimizer="adam",
         lr=train.lr,
