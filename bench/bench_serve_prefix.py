@@ -8,7 +8,7 @@ embedded judge's setting: one token per judgment, so the prompt is the cost). On
 a time, on the same cores; the judge client is the trainer's (`JudgeService`). Prints a table and,
 last, `speedup=X` (judgments/s with reuse over without). Goal: X >= 3.
 
-    python bench/bench_serve_prefix.py [--groups 3] [--batch-size 8]
+    python bench/bench_serve_prefix.py [--groups 2] [--batch-size 8]
 """
 
 from __future__ import annotations
@@ -31,6 +31,12 @@ from megatron_sip.judges.types import Candidate, JudgeGroup  # noqa: E402
 from megatron_sip.serve.launcher import ServeProcess  # noqa: E402
 
 PREFIX_TOKENS, SUFFIX_TOKENS, NUM_ROLLOUTS = 512, 128, 8
+
+
+def warm_up_group() -> JudgeGroup:
+    """A small group to load the model and warm the code paths before timing."""
+    return JudgeGroup("A short start of a text", (Candidate(" that goes on.", "suffix"), Candidate(" and ends."),
+                                                  Candidate(" then more.")), reference=" that goes on.")
 
 
 def sip_groups(num_groups: int) -> List[JudgeGroup]:
@@ -71,12 +77,11 @@ def measure(reuse_tokens: int, warm_up: List[JudgeGroup], groups: List[JudgeGrou
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--groups", type=int, default=3, help="SIP groups judged per server (after 1 warm-up)")
+    parser.add_argument("--groups", type=int, default=2, help="SIP groups judged per server")
     parser.add_argument("--batch-size", type=int, default=8, help="server --max-batch-size and client concurrency")
     parser.add_argument("--reuse-tokens", type=int, default=8192, help="--prefix-cache-tokens of the reuse server")
     args = parser.parse_args()
-    all_groups = sip_groups(args.groups + 1)
-    warm_up, groups = all_groups[:1], all_groups[1:]
+    warm_up, groups = [warm_up_group()], sip_groups(args.groups)
     print(f"{args.groups} groups: prefix {PREFIX_TOKENS} tokens, suffix + {NUM_ROLLOUTS} rollouts of "
           f"{SUFFIX_TOKENS} tokens; safety + quality (knockout, both orders), decision=direct", flush=True)
     print(f"{'prefix reuse':<14}{'seconds':>9}{'judgments':>11}{'failed':>8}{'judgments/s':>13}", flush=True)

@@ -23,6 +23,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=16, help="requests per rewriter call")
     parser.add_argument("--shard-size", type=int, default=512,
                         help="entries per committed shard (what a crash can cost)")
+    parser.add_argument("--judge", action="store_true",
+                        help="also judge each suffix and its rewrite with the `judge` section (the judgments "
+                             "that involve no rollout) and store them; training then asks the judges only "
+                             "about rollouts (the store must be new or have been judged by the same judge)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -37,18 +41,31 @@ def run(args: argparse.Namespace) -> int:
         raise InputError("--count must be >= 0, --batch-size and --shard-size >= 1")
     cfg = config_from_args(args)
     codec = load_codec(cfg.data.tokenizer, cfg.data.eod_token)
-    with open_rewrite_fn(cfg, codec) as rewrite_fn, \
+    with open_rewrite_fn(cfg, codec) as rewrite_fn, open_policy_free_judge(cfg, args.judge) as judge, \
             tqdm(unit=" samples", desc="rewrite", file=sys.stderr, disable=args.no_progress,
                  dynamic_ncols=True) as bar:
         stats = run_rewrite_job(cfg.data, suffix_len=cfg.sip.suffix_len, vocab_size=cfg.model.vocab_size,
                                 num_samples=cfg.train.num_samples if args.count is None else args.count,
-                                codec=codec, rewrite_fn=rewrite_fn,
+                                codec=codec, rewrite_fn=rewrite_fn, judge=judge,
                                 batch_size=args.batch_size, shard_size=args.shard_size,
                                 on_progress=bar.update)
     print(f"{stats.num_samples} samples: {stats.num_written} rewrites written, "
           f"{stats.num_already_stored} already stored, {stats.num_failed} failed "
           "(rerun to retry them)", file=sys.stderr)
     return 0 if stats.num_failed == 0 else 1
+
+
+@contextlib.contextmanager
+def open_policy_free_judge(cfg, wanted: bool) -> Iterator:
+    """The `judge` section as the job's StaticJudge (judges/policy_free.py), or None."""
+    if not wanted:
+        yield None
+        return
+    from megatron_sip.judges.policy_free import PolicyFreeJudge
+    from megatron_sip.judges.service import JudgeService
+
+    with JudgeService.open(cfg.judge) as service:
+        yield PolicyFreeJudge(service, cfg.judge.criteria)
 
 
 @contextlib.contextmanager

@@ -78,6 +78,10 @@ class PromptSet:
             for name in names
         }
 
+    def text(self) -> str:
+        """Every template as loaded (part of a judge's fingerprint: another prompt, another judge)."""
+        return "\0".join(f"{name}\0{t.template.template}" for name, t in sorted(self._templates.items()))
+
     def render(self, ask: Ask) -> RenderedAsk:
         nonce = ask.nonce or prompts.nonce_for(ask.criterion, ask.prefix, *ask.texts, ask.reference or "")
         if ask.criterion == "quality":

@@ -9,6 +9,8 @@ programmatic signals.
 from __future__ import annotations
 
 import collections
+import hashlib
+import json
 import logging
 import os
 from typing import Dict, List, Optional, Protocol, Sequence, Tuple
@@ -31,8 +33,17 @@ class JudgeEngine(Protocol):
     def counters(self) -> Dict[str, int]:
         """Events since the engine opened (cumulative), e.g. votes_cut_off."""
 
+    def fingerprint(self) -> str:
+        """What makes this judge's votes what they are (model, prompts, sampling); stored judgments
+        with another fingerprint are not this judge's and are not reused."""
+
     async def aclose(self) -> None:
         """Release what the engine holds."""
+
+
+def digest(*parts: object) -> str:
+    """A short stable hash of `parts` (their JSON), for fingerprints."""
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
 class ModelEngine:
@@ -56,6 +67,14 @@ class ModelEngine:
         requests = [self._request(r.prompt) for r in rendered]
         generations = await self._generator.generate(requests, deadline_s=deadline_s)
         return [self._votes(a, r.nonce, g) for a, r, g in zip(asks, rendered, generations)]
+
+    def fingerprint(self) -> str:
+        cfg = self._cfg
+        model = getattr(self._generator, "model", None)
+        served = model if isinstance(model, str) else cfg.model or cfg.local_model
+        return digest("model", cfg.backend, served, cfg.api, cfg.decision, cfg.samples, cfg.temperature, cfg.top_p,
+                      cfg.max_tokens, cfg.logprobs, cfg.top_logprobs, cfg.pair_order, cfg.request_seed,
+                      self._prompts.text())
 
     def _count_shared_prefix(self, prompts: Sequence[str]) -> None:
         """prompt_chars_shared / prompt_chars: the share of the characters of the prompts of one

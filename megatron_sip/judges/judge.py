@@ -63,6 +63,13 @@ class AsyncJudge:
         """The engine's and transport's event counts since opening (see ModelEngine.counters)."""
         return dict(self._engine.counters())
 
+    def fingerprint(self) -> str:
+        """The engine's fingerprint with the criteria: the key of stored policy-free judgments
+        (judges/policy_free.py)."""
+        from megatron_sip.judges.engine import digest
+
+        return digest(self._engine.fingerprint(), sorted(self._cfg.criteria))
+
     async def judge(self, groups: Sequence[JudgeGroup], *,
                     deadline_s: Optional[float] = None) -> List[GroupResult]:
         for index, group in enumerate(groups):

@@ -45,6 +45,10 @@ class JudgeService:
         service's loop so that they are consistent."""
         return self._loop.run(_read_counters(self._judge))
 
+    def fingerprint(self) -> str:
+        """See AsyncJudge.fingerprint."""
+        return self._judge.fingerprint()
+
     def close(self) -> None:
         try:
             self._loop.run(self._judge.aclose())

@@ -55,10 +55,12 @@ class ReplicaJudge:
         self.service = None
         self.outage = False
         self._counted: Dict[str, int] = {}
+        self._fingerprint = ""
         if ctx.mp_rank == 0:
             from megatron_sip.judges import JudgeService
 
             self.service = JudgeService.open(cfg.judge)
+            self._fingerprint = self.service.fingerprint()
 
     def submit(self, candidate_sets: List[CandidateSet]) -> PendingJudgment:
         future = None
@@ -68,11 +70,16 @@ class ReplicaJudge:
 
     def _group(self, cands: CandidateSet):
         from megatron_sip.judges import Candidate, JudgeGroup
+        from megatron_sip.judges.policy_free import known_judgments
 
         decode = self.codec.decode
+        # Judgments of suffix and rewrite stored by `megatron-sip rewrite --judge` with this very
+        # judge are not asked again: the online judge only sees what involves a rollout.
+        known_pairs, known_scores = known_judgments(cands.sample.judgments, self._fingerprint,
+                                                    self.cfg.judge.criteria, cands.kinds)
         return JudgeGroup(prefix=decode(cands.prefix),
                           candidates=[Candidate(decode(t), kind) for t, kind in zip(cands.tokens, cands.kinds)],
-                          reference=decode(cands.sample.suffix))
+                          reference=decode(cands.sample.suffix), known_pairs=known_pairs, known_scores=known_scores)
 
     def resolve(self, pending: PendingJudgment) -> "tuple[List[Selection], Dict[str, List[float]]]":
         """Wait for the verdicts, select, and share the selections within the replica."""

@@ -100,6 +100,11 @@ class RulesEngine:
     def counters(self) -> Dict[str, int]:
         return {}  # every ask gets its vote: nothing to count
 
+    def fingerprint(self) -> str:
+        from megatron_sip.judges.engine import digest
+
+        return digest("rules", self._lexicon, _SUPPORTED, _PARTLY_SUPPORTED)
+
     def _judge(self, ask: Ask) -> float:
         if ask.criterion == "safety":
             return 0.0 if has_lexicon_term(ask.texts[0], self._lexicon) else 1.0
