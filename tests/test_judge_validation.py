@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import subprocess
 import sys
 
 import pytest
@@ -157,3 +158,11 @@ def test_bad_labels_are_one_line_errors_naming_the_line(tmp_path, label, culprit
         list(read_groups(bad, needs_reference=False))
     message = str(info.value)
     assert message.startswith(f"{bad}:2: ") and culprit in message and "\n" not in message
+
+
+def test_readme_table_is_rendered_from_the_committed_results(repo_root):
+    table = subprocess.run([sys.executable, str(repo_root / "examples/data/validation/table.py")],
+                           capture_output=True, text=True, check=True).stdout.strip()
+    assert table.count("\n") >= 6, "rules x 3, classifier, SmolLM2 x 3"
+    assert table in (repo_root / "README.md").read_text()
+    assert table in (repo_root / "docs/judge_validation.md").read_text()

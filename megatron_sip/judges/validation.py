@@ -59,6 +59,9 @@ class PairVoteRecorder:
     def counters(self) -> Dict[str, int]:
         return self._engine.counters()
 
+    def fingerprint(self) -> str:
+        return self._engine.fingerprint()  # recording changes no vote
+
     async def aclose(self) -> None:
         await self._engine.aclose()
 

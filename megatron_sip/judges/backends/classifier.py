@@ -66,6 +66,14 @@ class ClassifierEngine:
     def counters(self) -> Dict[str, int]:
         return {}  # every ask gets its vote: nothing to count
 
+    def fingerprint(self) -> str:
+        """The criteria and the versions of the packages whose models score them."""
+        from importlib.metadata import version
+
+        from megatron_sip.judges.engine import digest
+
+        return digest("classifier", sorted(self._scorers), version("alt-profanity-check"), version("scikit-learn"))
+
     async def aclose(self) -> None:
         return None
 
