@@ -28,14 +28,17 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
 import statistics
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
-from typing import Dict, Iterator, List, Optional, Set
+from typing import Dict, List, Optional, Set
+
+from megatron_sip.data.demo_corpus import DEMO_SPLITS, build_demo_datasets
+from megatron_sip.serve.launcher import ServeProcess
+from megatron_sip.train.metrics import read_metrics, recorded_values
 
 REPO = Path(__file__).resolve().parents[1]
 SPLIT = ("sample_s", "rollout_s", "judge_wait_s", "reference_s", "fwd_bwd_s", "optimizer_s", "step_s")
@@ -63,22 +66,9 @@ def pin(cores: Optional[Set[int]]):
     return (lambda: os.sched_setaffinity(0, cores)) if cores else None
 
 
-@contextlib.contextmanager
-def judge_server(cores: Optional[Set[int]], log: Path) -> Iterator[str]:
-    with log.open("w") as err:
-        proc = subprocess.Popen([sys.executable, "-m", "megatron_sip", "serve", "--model", "embedded", "--port", "0",
-                                 "--max-batch-size", "8"], cwd=REPO, env=pinned_env(cores), preexec_fn=pin(cores),
-                                stdout=subprocess.PIPE, stderr=err, text=True)
-        try:
-            for line in proc.stdout:
-                if "ready at " in line:
-                    yield line.split("ready at ")[1].split()[0]
-                    break
-            else:
-                raise SystemExit(f"the judge server exited before it was ready; see {log}")
-        finally:
-            proc.terminate()
-            proc.wait(timeout=60)
+def judge_server(cores: Optional[Set[int]], log: Path) -> ServeProcess:
+    return ServeProcess(["--model", "embedded", "--max-batch-size", "8"], log_path=log, cwd=REPO,
+                        env=pinned_env(cores), preexec_fn=pin(cores))
 
 
 def run(data_prefix: str, judge: List[str], overlap: bool, steps: int, out: Path, criteria: str,
@@ -89,11 +79,17 @@ def run(data_prefix: str, judge: List[str], overlap: bool, steps: int, out: Path
                f"train.steps={steps}", "train.lr_warmup_steps=1", f"run.output_dir={out}", *judge, *overrides]
     subprocess.run(command, cwd=REPO, check=True, stdout=subprocess.DEVNULL, env=pinned_env(cores),
                    preexec_fn=pin(cores))
-    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()][1:]
-    split = {key: statistics.median(r.get(f"time_{key}", 0.0) for r in records) for key in SPLIT}
-    split["judge_latency_s"] = statistics.median(r.get("judge_latency_s", 0.0) for r in records)
-    split["judge_calls"] = statistics.median(r.get("judge_calls", 0) for r in records)
+    records = read_metrics(out)[1:]
+    split = {key: median_of(records, f"time_{key}") for key in SPLIT}
+    split["judge_latency_s"] = median_of(records, "judge_latency_s")
+    split["judge_calls"] = median_of(records, "judge_calls")
     return split
+
+
+def median_of(records: List[dict], key: str) -> float:
+    """Median over the records that have a value (null: not finite; absent: not measured)."""
+    values = recorded_values(records, key)
+    return statistics.median(values) if values else 0.0
 
 
 def main() -> None:
@@ -106,10 +102,7 @@ def main() -> None:
     args = parser.parse_args()
     trainer_cores, judge_cores = split_cores(args.judge_cores) if args.judge == "serve" else (None, None)
     with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
-        prefix = str(Path(tmp) / "train")
-        subprocess.run([sys.executable, "-m", "megatron_sip", "preprocess", "--input", "examples/data/train.jsonl",
-                        "--output-prefix", prefix], cwd=REPO, check=True, stdout=subprocess.DEVNULL,
-                       stderr=subprocess.DEVNULL)
+        prefix = build_demo_datasets(Path(tmp), {"train": DEMO_SPLITS["train"]})["train"]
         if args.judge == "serve":
             url = stack.enter_context(judge_server(judge_cores, Path(tmp) / "serve.log"))
             judge = ["judge.backend=openai", f"judge.endpoints=[{url}]", *DIRECT]

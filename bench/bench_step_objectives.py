@@ -17,7 +17,6 @@ The last line prints `dpo_vs_nll=X rf_nll_vs_nll=Y` (goal: dpo <= 3).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import subprocess
@@ -25,6 +24,9 @@ import sys
 import tempfile
 from pathlib import Path
 from typing import Dict, List
+
+from megatron_sip.data.demo_corpus import DEMO_SPLITS, build_demo_datasets
+from megatron_sip.train.metrics import read_metrics, recorded_values
 
 REPO = Path(__file__).resolve().parents[1]
 OBJECTIVES = ("nll", "dpo", "rf_nll")
@@ -38,14 +40,20 @@ def train_once(data_prefix: str, objective: str, steps: int, out: Path, threads:
                f"train.steps={steps}", "train.lr_warmup_steps=1", f"run.output_dir={out}", *overrides]
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     subprocess.run(command, cwd=REPO, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
-    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()][1:]
+    return read_metrics(out)[1:]
 
 
 def medians(records: List[dict]) -> Dict[str, float]:
-    result = {"step_s": statistics.median(r["step_time_s"] for r in records)}
+    result = {"step_s": median_of(records, "step_time_s")}
     for key in SPLIT:
-        result[key] = statistics.median(r.get(f"time_{key}", 0.0) for r in records)
+        result[key] = median_of(records, f"time_{key}")
     return result
+
+
+def median_of(records: List[dict], key: str) -> float:
+    """Median over the records that have a value (null: not finite; absent: not measured)."""
+    values = recorded_values(records, key)
+    return statistics.median(values) if values else 0.0
 
 
 def main() -> None:
@@ -57,10 +65,7 @@ def main() -> None:
     args = parser.parse_args()
     records: Dict[str, List[dict]] = {objective: [] for objective in OBJECTIVES}
     with tempfile.TemporaryDirectory() as tmp:
-        prefix = str(Path(tmp) / "train")
-        subprocess.run([sys.executable, "-m", "megatron_sip", "preprocess", "--input", "examples/data/train.jsonl",
-                        "--output-prefix", prefix], cwd=REPO, check=True, stdout=subprocess.DEVNULL,
-                       stderr=subprocess.DEVNULL)
+        prefix = build_demo_datasets(Path(tmp), {"train": DEMO_SPLITS["train"]})["train"]
         for repeat in range(args.repeats):
             for objective in OBJECTIVES:
                 out = Path(tmp) / f"{objective}_{repeat}"

@@ -16,23 +16,20 @@ valid on this corpus.
 from __future__ import annotations
 
 import contextlib
-import re
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, List, Optional
 
+from megatron_sip.data.demo_corpus import DEMO_DATA, REPO_ROOT, build_demo_datasets
 from megatron_sip.errors import InputError
 from megatron_sip.logging_utils import get_logger
+from megatron_sip.serve.launcher import ServeProcess
 
 _log = get_logger(__name__)
-REPO_ROOT = Path(__file__).resolve().parents[1]
-DEMO_CONFIG = REPO_ROOT / "examples" / "data" / "demo.yaml"
-_READY = re.compile(r"ready at (http://\S+)")
+DEMO_CONFIG = DEMO_DATA / "demo.yaml"
 
 
 @dataclass(frozen=True)
@@ -58,66 +55,25 @@ def _run(stage: str, command: List[str]) -> None:
     _log.info("demo: %s done in %.0f s", stage, time.perf_counter() - started)
 
 
-def build_datasets(out: Path) -> dict:
-    prefixes = {}
-    for split in ("train", "heldout"):
-        prefix = out / "data" / split
-        prefixes[split] = str(prefix)
-        if not Path(f"{prefix}.idx").is_file():
-            _run(f"preprocess {split}", _cli("preprocess", "--input", str(REPO_ROOT / "examples" / "data" / f"{split}.jsonl"),
-                                             "--output-prefix", str(prefix)))
-    return prefixes
-
-
 @contextlib.contextmanager
 def judge_server(log_path: Path, timeout_s: float) -> Iterator[str]:
     """`megatron-sip serve --model embedded` on a free port; yields its URL; always stopped."""
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    log = log_path.open("w")
-    proc = subprocess.Popen(_cli("serve", "--model", "embedded", "--port", "0"), cwd=REPO_ROOT,
-                            stdout=subprocess.PIPE, stderr=log, text=True)
+    server = ServeProcess(["--model", "embedded"], log_path=log_path, ready_timeout_s=timeout_s,
+                          stop_timeout_s=30.0, cwd=REPO_ROOT)
     try:
-        url = _wait_ready(proc, timeout_s, log_path)
+        url = server.start()
         _log.info("demo: judge server ready at %s (log: %s)", url, log_path)
         yield url
     finally:
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        log.close()
+        server.stop()
         _log.info("demo: judge server stopped")
-
-
-def _wait_ready(proc: subprocess.Popen, timeout_s: float, log_path: Path) -> str:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        if not line:
-            raise InputError(f"the judge server exited before it was ready; see {log_path}")
-        match = _READY.search(line)
-        if match:
-            url = match.group(1)
-            if _healthy(url):
-                return url
-    raise InputError(f"the judge server was not ready within {timeout_s:.0f}s; see {log_path}")
-
-
-def _healthy(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url + "/health", timeout=10) as response:
-            return response.status == 200
-    except (urllib.error.URLError, OSError):
-        return False
 
 
 def run_demo(settings: DemoSettings, overrides: Optional[List[str]] = None) -> Path:
     out = settings.output_dir.resolve()
     out.mkdir(parents=True, exist_ok=True)
-    data = build_datasets(out)
+    _log.info("demo: preprocess the demo corpus (once)")
+    data = build_demo_datasets(out / "data")
     common = ["--config", str(DEMO_CONFIG), f"data.paths=[{data['train']}]", f"data.eval_paths=[{data['heldout']}]",
               f"train.steps={settings.steps}", "train.lr_warmup_steps=1", *(overrides or [])]
     with judge_server(out / "judge_server.log", settings.server_timeout_s) as url:

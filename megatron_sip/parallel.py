@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import datetime
 import os
-import socket
 from dataclasses import dataclass
 from typing import Any, Dict, Optional
 
@@ -17,6 +16,7 @@ import torch.distributed as dist
 
 from megatron_sip.compat import install_cpu_shims
 from megatron_sip.model.config import ModelConfig
+from megatron_sip.net import free_port
 
 
 @dataclass(frozen=True)
@@ -72,14 +72,8 @@ def launch_env(environ: Optional[Dict[str, str]] = None) -> LaunchEnv:
     else:
         rank, world, local = 0, 1, 0
     addr = env.get("MASTER_ADDR", "127.0.0.1")
-    port = int(env["MASTER_PORT"]) if "MASTER_PORT" in env else (_free_port() if world == 1 else 29500)
+    port = int(env["MASTER_PORT"]) if "MASTER_PORT" in env else (free_port() if world == 1 else 29500)
     return LaunchEnv(rank, world, local, addr, port)
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def init_parallel(model_cfg: ModelConfig, *, seed: int, timeout_minutes: int = 10) -> ParallelContext:

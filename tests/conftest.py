@@ -4,10 +4,6 @@ and the embedded judge server (both built once per session)."""
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 from typing import Iterator
 
@@ -37,15 +33,10 @@ def repo_root() -> Path:
 @pytest.fixture(scope="session")
 def demo_data(tmp_path_factory) -> dict:
     """The demo corpus (examples/data) preprocessed once per test session: prefixes by split."""
-    from tests.launch import run_cli
+    from megatron_sip.data.demo_corpus import build_demo_datasets
+    from tests.launch import cli_env
 
-    out = tmp_path_factory.mktemp("demo_data")
-    prefixes = {}
-    for split in ("train", "heldout"):
-        prefixes[split] = str(out / split)
-        run_cli(["preprocess", "--input", str(REPO_ROOT / "examples" / "data" / f"{split}.jsonl"),
-                 "--output-prefix", prefixes[split]])
-    return prefixes
+    return build_demo_datasets(tmp_path_factory.mktemp("demo_data"), env=cli_env())
 
 
 @pytest.fixture(scope="session")
@@ -53,29 +44,15 @@ def embedded_judge_server(tmp_path_factory) -> Iterator[str]:
     """`megatron-sip serve --model embedded` (SmolLM2 over real HTTP) for the session: its URL.
     It must stop cleanly on SIGTERM."""
     from megatron_sip.embedded import EmbeddedModelMissing, embedded_gguf_path
+    from megatron_sip.serve.launcher import ServeProcess
     from tests.launch import cli_env
 
     try:
         embedded_gguf_path()
     except EmbeddedModelMissing as exc:
         pytest.skip(str(exc))
-    log = (tmp_path_factory.mktemp("serve") / "stderr.log").open("w")
-    process = subprocess.Popen([sys.executable, "-m", "megatron_sip", "serve", "--model", "embedded", "--port", "0",
-                                "--max-batch-size", "8"], cwd=REPO_ROOT, env=cli_env(), stdout=subprocess.PIPE,
-                               stderr=log, text=True)
-    url = None
-    deadline = time.monotonic() + 240
-    while url is None and time.monotonic() < deadline:
-        line = process.stdout.readline()
-        if not line:
-            break
-        if "ready at " in line:
-            url = line.split("ready at ")[1].split()[0]
-    if url is None:
-        process.kill()
-        pytest.fail(f"megatron-sip serve did not become ready; see {log.name}")
-    yield url
-    process.send_signal(signal.SIGTERM)
-    rest, _ = process.communicate(timeout=60)
-    log.close()
-    assert process.returncode == 0 and "stopped" in rest
+    server = ServeProcess(["--model", "embedded", "--max-batch-size", "8"],
+                          log_path=tmp_path_factory.mktemp("serve") / "stderr.log", ready_timeout_s=240,
+                          env=cli_env(), cwd=REPO_ROOT)
+    yield server.start()
+    assert server.stop() == 0 and "stopped" in server.printed(), f"unclean stop; see {server.log_path}"

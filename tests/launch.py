@@ -2,21 +2,16 @@
 
 from __future__ import annotations
 
-import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
-from typing import Dict, List, Sequence
+from typing import Dict, Sequence
+
+from megatron_sip.net import free_port  # noqa: F401  (tests import it from here)
+from megatron_sip.train.metrics import read_metrics  # noqa: F401
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def cli_env() -> Dict[str, str]:
@@ -39,7 +34,3 @@ def run_cli(args: Sequence[str], *, nproc: int = 1, timeout: float = 300) -> sub
         raise AssertionError(f"{' '.join(command)} failed ({done.returncode}):\n{done.stderr[-4000:]}")
     return done
 
-
-def read_metrics(output_dir: Path) -> List[dict]:
-    path = output_dir / "metrics.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines()]

@@ -27,6 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
+from megatron_sip.net import free_ports
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SETUP_SCRIPT = REPO_ROOT / ".ci" / "slurm_setup.sh"
 HOSTS_FILE = Path("/etc/hosts")
@@ -78,17 +80,6 @@ def _resolves_to_loopback(name: str) -> bool:
         return socket.gethostbyname(name).startswith("127.")
     except OSError:
         return False
-
-
-def free_ports(count: int) -> List[int]:
-    sockets = [socket.socket() for _ in range(count)]
-    try:
-        for sock in sockets:
-            sock.bind(("127.0.0.1", 0))
-        return [sock.getsockname()[1] for sock in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
 
 
 @dataclass

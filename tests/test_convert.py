@@ -23,7 +23,7 @@ from megatron_sip.errors import InputError
 from megatron_sip.model.convert_hf import (ConversionMetadata, convert_hf_to_megatron, convert_megatron_to_hf,
                                            shard_tensor)
 from megatron_sip.model.hf_llama import hf_to_megatron, llama_shape, megatron_to_hf, model_config_from_hf
-from tests.launch import REPO_ROOT, cli_env, free_port
+from tests.launch import REPO_ROOT, cli_env, free_port, read_metrics
 
 TOLERANCE = 2e-4
 TINY_HF = dict(model_type="llama", vocab_size=1000, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
@@ -233,7 +233,7 @@ def test_training_starts_from_converted_smollm2(smollm2_hf: tuple, smollm2_tp2: 
         "        lr_warmup_steps: 0}\n"
         f"run: {{output_dir: {run_dir}}}\n")
     _cli("train", "--config", str(config), "model.tensor_model_parallel_size=2", nproc=2, timeout=600)
-    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    records = read_metrics(run_dir)
     assert [r["step"] for r in records] == [1, 2]
     _cli("convert", "megatron-to-hf", "--checkpoint", str(run_dir / "checkpoints" / "step_00000002"),
          "--output", str(tmp_path / "hf"), "--dtype", "float32")

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.launch import run_cli
+from tests.launch import read_metrics, run_cli
 
 
 @pytest.mark.slow
@@ -23,9 +23,9 @@ def test_short_demo_writes_the_report_and_stops_its_server(tmp_path: Path) -> No
     assert all(value is not None for key in ("safety", "factuality") for value in report[key].values())
     assert (tmp_path / "report.md").is_file()
     for run in ("sip", "baseline"):
-        records = [json.loads(line) for line in (tmp_path / run / "metrics.jsonl").read_text().splitlines()]
+        records = read_metrics(tmp_path / run)
         assert [r["step"] for r in records] == [1, 2]
-    sip_first = json.loads((tmp_path / "sip" / "metrics.jsonl").read_text().splitlines()[0])
+    sip_first = read_metrics(tmp_path / "sip")[0]
     assert sip_first["judge_calls"] > 0 and sip_first["judge_failed_calls"] == 0  # SIP asked the served judge
     assert sip_first["groups_preference"] > 0  # ... and trained on its preferences
     assert "judge server stopped" in done.stderr

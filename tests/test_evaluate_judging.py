@@ -140,10 +140,13 @@ def test_eval_config_names_the_key_to_change() -> None:
 
 
 def test_training_curves_tolerate_resumed_and_torn_metrics(tmp_path: Path) -> None:
-    plots = pytest.importorskip("megatron_sip.evaluate.plots")
+    from megatron_sip.evaluate import plots
+    from megatron_sip.train.metrics import latest_per_step, read_metrics
+
     path = tmp_path / "metrics.jsonl"
     path.write_text('{"step": 1, "loss": 3.0}\n{"step": 2, "loss": 2.5}\n{"step": 2, "loss": 2.0}\n{"step": 3, "lo')
-    records = plots.read_metrics(path)
+    assert [r["step"] for r in read_metrics(tmp_path)] == [1, 2, 2]  # as written, torn line skipped
+    records = latest_per_step(read_metrics(path))
     assert [(r["step"], r["loss"]) for r in records] == [(1, 3.0), (2, 2.0)]
     assert plots.plot_training_curves({"checkpoint": records}, tmp_path / "curves.png")
     assert not plots.plot_training_curves({"checkpoint": [{"step": 1}]}, tmp_path / "none.png")

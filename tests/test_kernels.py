@@ -5,7 +5,6 @@ Legend: T tokens, H hidden size, V vocabulary (V_local: one TP shard).
 
 from __future__ import annotations
 
-import socket
 
 import pytest
 import torch
@@ -15,6 +14,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from megatron_sip.kernels import TokenLogProbs, fused_linear_logprobs, torch_chunked
 from megatron_sip.kernels.reference import random_inputs, reference
+from megatron_sip.net import free_port
 
 # (values atol in nats, gradient error relative to the gradient's max |entry|) per input dtype.
 # bf16 inputs are compared with a float64 reference of the same rounded inputs: the math runs in
@@ -213,11 +213,5 @@ def _tp_worker(rank: int, world_size: int, port: int) -> None:
         dist.destroy_process_group()
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def test_tensor_parallel_two_ranks_match_one():
-    mp.spawn(_tp_worker, args=(2, _free_port()), nprocs=2, join=True)
+    mp.spawn(_tp_worker, args=(2, free_port()), nprocs=2, join=True)

@@ -48,6 +48,9 @@ import time
 from pathlib import Path
 from typing import Dict, List
 
+from megatron_sip.data.demo_corpus import DEMO_SPLITS, build_demo_datasets
+from megatron_sip.train.metrics import read_metrics, recorded_values
+
 REPO = Path(__file__).resolve().parents[2]
 CONFIG = REPO / "examples" / "data" / "demo.yaml"
 GLOBAL_BATCH = 8
@@ -137,10 +140,10 @@ def arm_names(requested: List[str]) -> List[str]:
 
 
 def training_means(run: Path) -> Dict[str, float]:
-    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    records = read_metrics(run)
     means = {}
     for key in ("rollout_chosen_rate", "rewrite_chosen_rate", "suffix_chosen_rate", "dpo_accuracy"):
-        values = [r[key] for r in records if r.get(key) is not None]
+        values = recorded_values(records, key)
         if values:
             means[key] = statistics.mean(values)
     return means
@@ -158,11 +161,8 @@ def main() -> None:
     args = parser.parse_args()
     arms = arm_names(args.arms)
     out = (REPO / args.output_dir).resolve()
-    sources = {"train": REPO / "examples" / "data" / "train.jsonl", "heldout_unsafe": unsafe_heldout(out)}
-    data = {split: out / "data" / split for split in sources}
-    for split, prefix in data.items():
-        if not Path(f"{prefix}.idx").is_file():
-            cli("preprocess", "--input", str(sources[split]), "--output-prefix", str(prefix))
+    sources = {"train": DEMO_SPLITS["train"], "heldout_unsafe": unsafe_heldout(out)}
+    data = build_demo_datasets(out / "data", sources)
     common = ["--config", str(CONFIG), f"data.paths=[{data['train']}]", f"data.eval_paths=[{data['heldout_unsafe']}]",
               "judge.backend=rules", "rewriter.backend=rules", f"train.global_batch_size={GLOBAL_BATCH}",
               "train.micro_batch_size=4"]

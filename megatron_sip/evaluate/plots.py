@@ -3,7 +3,6 @@ with their 95% intervals. matplotlib's object API only (no pyplot state, no disp
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
@@ -11,9 +10,7 @@ from matplotlib.figure import Figure
 
 from megatron_sip.evaluate.metrics import Estimate
 from megatron_sip.evaluate.summary import EvalSummary
-from megatron_sip.logging_utils import get_logger
 
-_log = get_logger(__name__)
 CURVES_FILE, METRICS_FILE = "training_curves.png", "eval_metrics.png"
 CURVE_PANELS: Tuple[Tuple[str, Tuple[str, ...]], ...] = (
     ("loss", ("loss",)),
@@ -25,20 +22,6 @@ CURVE_PANELS: Tuple[Tuple[str, Tuple[str, ...]], ...] = (
 key's color is its position in its panel (suffix, rewrite, rollout), the run's is its line style."""
 _RUN_STYLES = ("-", "--", ":")
 _REFERENCE_COLOR, _PANEL_SIZE_IN = "0.6", 3.6
-
-
-def read_metrics(path: Path) -> List[Dict[str, Any]]:
-    """metrics.jsonl records by step; a step logged twice (a resumed run) keeps its last record,
-    and a torn last line (a run killed mid-write) is skipped."""
-    by_step: Dict[int, Dict[str, Any]] = {}
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            _log.warning("%s:%d: not JSON, skipped", path, number)
-            continue
-        by_step[int(record["step"])] = record
-    return [by_step[step] for step in sorted(by_step)]
 
 
 def plot_training_curves(runs: Mapping[str, Sequence[Mapping[str, Any]]], path: Path) -> bool:

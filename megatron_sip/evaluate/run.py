@@ -135,8 +135,10 @@ def _plots(summary: EvalSummary, models: Sequence[ModelResult], output_dir: Path
     except ImportError as exc:
         _log.warning("no plots: %s (pip install matplotlib)", exc)
         return []
+    from megatron_sip.train.metrics import latest_per_step, read_metrics
+
     written = []
-    runs = {m.label: plots.read_metrics(m.source.metrics_file) for m in models if m.source.metrics_file}
+    runs = {m.label: latest_per_step(read_metrics(m.source.metrics_file)) for m in models if m.source.metrics_file}
     if runs and plots.plot_training_curves(runs, output_dir / plots.CURVES_FILE):
         written.append(plots.CURVES_FILE)
     plots.plot_eval_metrics(summary, output_dir / plots.METRICS_FILE)

@@ -46,6 +46,7 @@ class ServeProcess:
         self.url: Optional[str] = None
         self.stdout_lines: "queue.Queue[Optional[str]]" = queue.Queue()
         self._log = None
+        self._reader: Optional[threading.Thread] = None
 
     def start(self) -> str:
         """Start the server; its URL once it serves. Raises UnavailableError (with the log's path)
@@ -55,7 +56,8 @@ class ServeProcess:
         self.process = subprocess.Popen(self.command, stdout=subprocess.PIPE, stderr=self._log, text=True,
                                         env=self.env if self.env is not None else dict(os.environ),
                                         preexec_fn=self.preexec_fn, cwd=self.cwd)
-        threading.Thread(target=self._read_stdout, name="serve-stdout", daemon=True).start()
+        self._reader = threading.Thread(target=self._read_stdout, name="serve-stdout", daemon=True)
+        self._reader.start()
         try:
             self.url = self._wait_ready()
         except BaseException:
@@ -74,6 +76,8 @@ class ServeProcess:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+        if self._reader is not None:  # what it printed before exiting is then in `printed()`
+            self._reader.join(timeout=self.stop_timeout_s)
         if self._log is not None:
             self._log.close()
             self._log = None

@@ -1,12 +1,12 @@
 """Per-step metrics: one JSON object per line in `metrics.jsonl`, a compact console line, and
-optionally TensorBoard. Only global rank 0 writes."""
+optionally TensorBoard. Only global rank 0 writes; `read_metrics` is the one reader."""
 
 from __future__ import annotations
 
 import json
 import math
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional
 
 from megatron_sip.errors import ConfigError
 from megatron_sip.logging_utils import get_logger
@@ -58,6 +58,34 @@ def _summary_writer(directory: Path):
     except ImportError as exc:  # torch's writer needs the separate `tensorboard` package
         raise ConfigError("run.tensorboard", "needs the tensorboard package (pip install tensorboard)") from exc
     return SummaryWriter(str(directory))
+
+
+def read_metrics(path: Path) -> List[Dict[str, Any]]:
+    """The records of `metrics.jsonl` (or of the run directory holding it) in the order written.
+
+    Non-finite values come back as None (the writer's null). A resumed run logs the steps after its
+    checkpoint again (see `latest_per_step`). A line that is not JSON, such as the torn last line of a
+    run killed mid-write, is skipped with a warning."""
+    path = path / "metrics.jsonl" if path.is_dir() else path
+    records = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            _log.warning("%s:%d: not JSON, skipped", path, number)
+    return records
+
+
+def latest_per_step(records: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
+    """One record per step, the last written (what the resumed run trained), ordered by step."""
+    by_step = {int(record["step"]): record for record in records}
+    return [by_step[step] for step in sorted(by_step)]
+
+
+def recorded_values(records: List[Dict[str, Any]], key: str) -> List[Any]:
+    """The values of `key` in the records that hold one (absent: not measured that step; None: the
+    writer's null for a non-finite value)."""
+    return [record[key] for record in records if record.get(key) is not None]
 
 
 def console_line(record: Dict[str, Any], total_steps: int) -> str:
