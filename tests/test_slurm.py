@@ -8,8 +8,6 @@ nll objective. Every daemon is stopped by PID when the module ends, whatever the
 
 from __future__ import annotations
 
-import importlib.util
-import json
 import shutil
 import sys
 import time
@@ -19,6 +17,7 @@ from typing import Dict, List, Optional
 
 import pytest
 
+from megatron_sip.train.metrics import read_metrics
 from tests.slurm_cluster import REPO_ROOT, JobInfo, LocalSlurm, SlurmUnavailable, free_ports, start_cluster
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
@@ -30,35 +29,6 @@ SERVE_COMMAND = 'megatron-sip serve --model embedded --host 0.0.0.0 --port "$SIP
 # Components as the tests ask for them: no GPUs on this cluster, 2 trainer nodes, 1 judge node.
 NO_GPUS = "--gpus-per-node=0"
 JOB_TIMEOUT_S = 150
-
-
-def _missing_serve() -> Optional[str]:
-    if not (REPO_ROOT / "megatron_sip" / "commands" / "serve.py").is_file():
-        return "`megatron-sip serve` (megatron_sip/commands/serve.py) is not in this build yet"
-    return None
-
-
-def _missing_resume() -> Optional[str]:
-    from megatron_sip.cli import build_parser
-
-    try:
-        build_parser().parse_args(["train", "--resume=auto"])
-    except SystemExit:
-        return "`megatron-sip train` has no --resume (checkpoint/resume support not in this build yet)"
-    return None
-
-
-def _missing_rewriter() -> Optional[str]:
-    try:
-        spec = importlib.util.find_spec("megatron_sip.judges.rewriter")
-    except ModuleNotFoundError:
-        spec = None
-    if spec is None:
-        return "megatron_sip.judges.rewriter is not in this build yet"
-    module = importlib.import_module("megatron_sip.judges.rewriter")
-    if not hasattr(module, "Rewriter"):
-        return "megatron_sip.judges.rewriter has no Rewriter (`megatron-sip rewrite` cannot run)"
-    return None
 
 
 @pytest.fixture(scope="module")
@@ -94,7 +64,7 @@ class HetRun:
 
     def metrics(self) -> List[dict]:
         path = self.output_dir / "metrics.jsonl"
-        return [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
+        return read_metrics(path) if path.is_file() else []
 
     def explain(self) -> str:
         """Everything worth reading when an assertion fails."""
@@ -129,24 +99,19 @@ def _submit_hetjob(cluster: LocalSlurm, tmp_path: Path, *, steps: int, judge_cmd
 
 @dataclass
 class PreemptedRun:
-    """One het job, pre-empted mid-training (when the trainer can resume) and run to the end."""
+    """One het job, pre-empted mid-training and run to the end."""
 
     run: HetRun
     info: JobInfo
-    preempted: bool
     steps: int
 
 
 @pytest.fixture(scope="module")
 def hetjob(cluster: LocalSlurm, tmp_path_factory: pytest.TempPathFactory) -> PreemptedRun:
-    """The trainer (2 nodes) and a `megatron-sip serve` judge (1 node) as one het job. When the
-    trainer supports --resume, the job gets what SLURM sends at --signal=B:USR1@600 once two steps
-    are logged, and must checkpoint, requeue itself and finish from the checkpoint."""
-    reason = _missing_serve()
-    if reason:
-        pytest.skip(reason)
+    """The trainer (2 nodes) and a `megatron-sip serve` judge (1 node) as one het job. Once two
+    steps are logged, the job gets what SLURM sends at --signal=B:USR1@600, and must checkpoint,
+    requeue itself and finish from the checkpoint."""
     steps = 8
-    preempt = _missing_resume() is None
     tmp_path = tmp_path_factory.mktemp("hetjob")
     # The sidecar's key comes from a file (in a folder whose name needs quoting in an override).
     key_file = tmp_path / "keys, here]" / "judge.key"
@@ -154,11 +119,10 @@ def hetjob(cluster: LocalSlurm, tmp_path_factory: pytest.TempPathFactory) -> Pre
     key_file.write_text(API_KEY + "\n")
     run = _submit_hetjob(cluster, tmp_path, steps=steps, judge_cmd=SERVE_COMMAND, objective=SIP_JUDGED,
                          extra_env={"SIP_JUDGE_API_KEY_FILE": str(key_file)})
-    if preempt:
-        _wait_for(lambda: len(run.metrics()) >= 2, timeout_s=JOB_TIMEOUT_S, what="two training steps", run=run)
-        cluster.run("scancel", "--batch", "--signal=USR1", run.job_id)
+    _wait_for(lambda: len(run.metrics()) >= 2, timeout_s=JOB_TIMEOUT_S, what="two training steps", run=run)
+    cluster.run("scancel", "--batch", "--signal=USR1", run.job_id)
     info = cluster.wait(run.job_id, timeout_s=2 * JOB_TIMEOUT_S)
-    return PreemptedRun(run, info, preempt, steps)
+    return PreemptedRun(run, info, steps)
 
 
 def test_hetjob_ran_both_components(hetjob: PreemptedRun) -> None:
@@ -202,8 +166,6 @@ def test_the_sidecar_judged_every_step_with_its_key_from_a_file(hetjob: Preempte
 
 
 def test_preempted_job_checkpointed_and_resumed(hetjob: PreemptedRun) -> None:
-    if not hetjob.preempted:
-        pytest.skip(_missing_resume())
     run, batch = hetjob.run, hetjob.run.batch_text()
     assert hetjob.info.restarts == 1, run.explain()
     assert "received SIGUSR1" in batch and f"requeueing job {run.job_id}" in batch, run.explain()
@@ -245,9 +207,6 @@ def test_invalid_config_fails_before_any_sidecar_starts(cluster: LocalSlurm, tmp
 
 
 def test_rewrite_array_covers_every_shard(cluster: LocalSlurm, tmp_path: Path) -> None:
-    reason = _missing_rewriter()
-    if reason:
-        pytest.skip(reason)
     shards = [tmp_path / "data" / f"shard {i},x]" for i in range(2)]  # quoting: space, comma, bracket
     for index, prefix in enumerate(shards):
         _write_random_dataset(prefix, seed=index)
