@@ -17,7 +17,7 @@ from tests.launch import read_metrics, run_cli
 pytestmark = pytest.mark.slow
 COMMON = ["--config", "examples/data/demo.yaml", "judge.backend=rules", "rewriter.backend=rules",
           "judge.criteria=[quality,safety,factuality]", "sip.num_rollouts=2", "train.micro_batch_size=1",
-          "train.global_batch_size=4", "train.lr_warmup_steps=1", "train.steps=3"]
+          "train.global_batch_size=4", "train.lr_warmup_steps=1", "train.steps=2"]
 
 
 def _fill(demo_data: dict, store: Path, *extra: str) -> None:
@@ -43,11 +43,41 @@ def test_stored_judgments_replace_online_calls_and_change_nothing_else(demo_data
         for key in ("loss", "groups_preference", "rewrite_chosen_rate", "suffix_chosen_rate",
                     "rollout_chosen_rate", "reward_mean_suffix", "reward_mean_rewrite"):
             assert (a.get(key) == b.get(key)) or (a.get(key) != a.get(key) and b.get(key) != b.get(key)), key
-    # A judge with another lexicon is another judge: its run asks everything online again.
+
+
+def test_another_judge_has_another_fingerprint(tmp_path):
+    """Stored judgments are keyed by the fingerprint: another lexicon, prompt or model is another
+    judge, whose known_judgments are empty (so it asks online)."""
+    import asyncio
+
+    from megatron_sip.judges.config import JudgeConfig
+    from megatron_sip.judges.judge import AsyncJudge
+
+    async def fingerprint(**settings) -> str:
+        judge = await AsyncJudge.open(JudgeConfig(**settings))
+        try:
+            return judge.fingerprint()
+        finally:
+            await judge.aclose()
+
     lexicon = tmp_path / "lexicon.txt"
     lexicon.write_text("kill\n")
-    other = _train(demo_data, tmp_path / "judged", tmp_path / "run_other", f"judge.lexicon={lexicon}")
-    assert [m["judge_calls"] for m in other] == [m["judge_calls"] for m in online]
+    prompts = tmp_path / "prompts"
+    prompts.mkdir()
+    (prompts / "safety.txt").write_text("Is this safe? $candidate\n$decision")
+    base = asyncio.run(fingerprint(backend="rules", criteria=["safety"]))
+    assert base == asyncio.run(fingerprint(backend="rules", criteria=["safety"]))
+    assert base != asyncio.run(fingerprint(backend="rules", criteria=["safety"], lexicon=str(lexicon)))
+    assert base != asyncio.run(fingerprint(backend="rules", criteria=["safety", "quality"]))
+    from megatron_sip.judges.criteria import PromptSet
+    from megatron_sip.judges.engine import ModelEngine
+
+    cfg = JudgeConfig(endpoints=["http://unused"], criteria=["safety"], model="m")
+    packaged = ModelEngine(object(), cfg, PromptSet(["safety"], prompt_dir=None)).fingerprint()
+    overridden = ModelEngine(object(), cfg, PromptSet(["safety"], prompt_dir=str(prompts))).fingerprint()
+    other_model = ModelEngine(object(), JudgeConfig(endpoints=["http://unused"], criteria=["safety"], model="m2"),
+                              PromptSet(["safety"], prompt_dir=None)).fingerprint()
+    assert len({packaged, overridden, other_model}) == 3
 
 
 def test_names_results_and_known_judgments_round_trip():
