@@ -150,3 +150,11 @@ def test_training_curves_tolerate_resumed_and_torn_metrics(tmp_path: Path) -> No
     assert [(r["step"], r["loss"]) for r in records] == [(1, 3.0), (2, 2.0)]
     assert plots.plot_training_curves({"checkpoint": records}, tmp_path / "curves.png")
     assert not plots.plot_training_curves({"checkpoint": [{"step": 1}]}, tmp_path / "none.png")
+
+
+def test_the_report_describes_each_judge_backend():
+    from megatron_sip.judges.config import JudgeConfig
+
+    classifier = judging.judge_description(JudgeConfig(backend="classifier", criteria=["safety"]))
+    assert "alt-profanity-check" in classifier["model"] and classifier["decision"].startswith("classifier")
+    assert judging.judge_description(JudgeConfig(backend="rules"))["decision"] == "programmatic"

