@@ -49,6 +49,7 @@ import torch
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
+from megatron_sip.compat.versions import forward_kwargs, inference_scope  # noqa: E402
 from megatron_sip.config import load_config  # noqa: E402
 from megatron_sip.model.build import build_gpt_model  # noqa: E402
 from megatron_sip.model.init import init_layout_invariant  # noqa: E402
@@ -79,12 +80,12 @@ def full_recompute(model, prefixes_PL: torch.Tensor, *, num_samples: int, new_to
     uniforms_BN = torch.cat([prefix_uniforms(seed, p, num_samples, new_tokens) for p in range(len(prefixes_PL))])
     rows_BS = prefixes_PL.repeat_interleave(num_samples, dim=0)
     model.eval()
-    with mcore.inference_scope():
+    with inference_scope():
         for step in range(new_tokens):
             length = rows_BS.shape[1]
             context = mcore.new_static_context(max_batch_size=rows_BS.shape[0], max_sequence_length=length)
             positions_BS = torch.arange(length).expand(rows_BS.shape[0], -1)
-            logits_BSV = model(rows_BS, positions_BS, None, **mcore.forward_kwargs(model, context))
+            logits_BSV = model(rows_BS, positions_BS, None, **forward_kwargs(model, context))
             sampled = sample_next(logits_BSV[:, -1, :], uniforms_BN[:, step], params, vocab_size=vocab_size)
             rows_BS = torch.cat([rows_BS, sampled.tokens_B[:, None]], dim=1)
     return rows_BS[:, prefixes_PL.shape[1]:]

@@ -1,6 +1,8 @@
 """Everything that lets Megatron-Core run here (CPU, gloo) and across its versions.
 
 - `cpu`: runtime shims for CUDA-only call sites; no-ops when CUDA is present.
+- `device`: the TransformerConfig switches (initialisation, kernel fusions) the device allows.
+- `inference`: which rollout engine runs on this device and model.
 - `versions`: the installed Megatron-Core version and adapters for API differences between
   0.16.x (newest on Python 3.11) and 0.19.x (NGC containers, Python 3.12).
 """

@@ -13,6 +13,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from megatron_sip.compat.device import transformer_device_fields
 from megatron_sip.errors import ConfigError
 from megatron_sip.logging_utils import get_logger
 from megatron_sip.model.config import ModelConfig
@@ -43,7 +44,6 @@ def transformer_config(cfg: ModelConfig) -> Any:
     """Megatron-Core `TransformerConfig` for this model section."""
     from megatron.core.transformer.transformer_config import TransformerConfig
 
-    on_gpu = torch.cuda.is_available()
     dtype = _DTYPES[cfg.params_dtype]
     if cfg.fp8 is not None and not use_transformer_engine(cfg):
         raise ConfigError("model.fp8", "FP8 needs Transformer Engine layers (model.transformer_impl)")
@@ -74,13 +74,7 @@ def transformer_config(cfg: ModelConfig) -> Any:
         # SIP losses are sums over tokens (NLL) or pairs (DPO); Megatron divides by the global
         # count in finalize_model_grads, so micro-batches of unequal size weigh correctly.
         calculate_per_token_loss=True,
-        use_cpu_initialization=not on_gpu,
-        # The fused kernels below are CUDA-only (and need Apex/TE); off on CPU.
-        bias_activation_fusion=on_gpu and cfg.activation in ("silu", "gelu") and use_transformer_engine(cfg),
-        masked_softmax_fusion=on_gpu,
-        persist_layer_norm=on_gpu,
-        gradient_accumulation_fusion=False,
-        apply_rope_fusion=False,
+        **transformer_device_fields(activation=cfg.activation, transformer_engine=use_transformer_engine(cfg)),
     )
     valid = {f.name for f in dataclasses.fields(TransformerConfig)}
     for key, value in cfg.transformer_overrides.items():

@@ -31,6 +31,7 @@ import torch
 from megatron_sip.model.build import unwrap_model
 from megatron_sip.parallel import ParallelContext
 from megatron_sip.compat.inference import RolloutEngineChoice, choose_rollout_engine
+from megatron_sip.compat.versions import inference_scope
 from megatron_sip.logging_utils import get_logger
 from megatron_sip.rollout import mcore
 from megatron_sip.rollout.layer_engine import unsupported_reason
@@ -212,7 +213,7 @@ class RolloutGenerator:
         was_training = self.wrapped.training
         self.wrapped.eval()
         try:
-            with torch.no_grad(), mcore.inference_scope(), mcore.sequence_parallel_off(self.model):
+            with torch.no_grad(), inference_scope(), mcore.sequence_parallel_off(self.model):
                 yield
         finally:
             self.wrapped.train(was_training)

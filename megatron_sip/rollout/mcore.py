@@ -12,11 +12,8 @@ with their own loop and use neither engine's controller, because:
 - the engines' and controllers' APIs were reworked in 0.17; `StaticInferenceContext`'s
   constructor and buffers are the same in 0.16.1 and 0.19.x.
 
-Version differences bridged here (candidates for `megatron_sip.compat.versions`):
-- 0.19 decides "inference mode" from a process-wide flag (`megatron.core.inference.utils.
-  InferenceMode`) instead of `inference_context is not None and not model.training`; without the
-  flag the prefill computes logits for every position (`inference_scope`).
-- older releases named the forward argument `inference_params` (`forward_kwargs`).
+The version differences of the forward call (the argument's name, 0.19's inference-mode flag) are
+bridged in `megatron_sip.compat.versions` (`forward_kwargs`, `inference_scope`).
 
 Legend: S sequence positions, B rows, G prefixes, K samples per prefix, L prefix length.
 """
@@ -24,8 +21,7 @@ Legend: S sequence positions, B rows, G prefixes, K samples per prefix, L prefix
 from __future__ import annotations
 
 import contextlib
-import inspect
-from typing import Any, Dict, Iterator
+from typing import Any, Iterator
 
 import torch
 
@@ -36,28 +32,6 @@ def new_static_context(*, max_batch_size: int, max_sequence_length: int) -> Any:
     from megatron.core.inference.contexts.static_context import StaticInferenceContext
 
     return StaticInferenceContext(max_batch_size, max_sequence_length)
-
-
-def forward_kwargs(model: Any, context: Any) -> Dict[str, Any]:
-    """Keyword arguments that hand `context` to GPTModel.forward, and ask for logits gathered
-    over the tensor-parallel ranks (every TP rank samples from the full vocabulary)."""
-    parameters = inspect.signature(type(model).forward).parameters
-    name = "inference_context" if "inference_context" in parameters else "inference_params"
-    return {name: context, "runtime_gather_output": True}
-
-
-@contextlib.contextmanager
-def inference_scope() -> Iterator[None]:
-    """Megatron-Core 0.19's process-wide inference flag, set for the duration (no-op before)."""
-    try:
-        from megatron.core.inference.utils import InferenceMode
-    except ImportError:
-        InferenceMode = None
-    if InferenceMode is None or not hasattr(InferenceMode, "active") or InferenceMode.is_active():
-        yield
-        return
-    with InferenceMode.active():
-        yield
 
 
 _SEQUENCE_PARALLEL_FLAGS = ("sequence_parallel", "scatter_to_sequence_parallel", "reduce_scatter_embeddings")

@@ -23,8 +23,8 @@ from typing import Any, Callable, Optional
 import torch
 import torch.distributed as dist
 
+from megatron_sip.compat.versions import forward_kwargs
 from megatron_sip.parallel import ParallelContext
-from megatron_sip.rollout import mcore
 
 
 class PipelineForward:
@@ -39,7 +39,7 @@ class PipelineForward:
 
     def last_logits(self, tokens_BS: torch.Tensor, position_ids_BS: torch.Tensor, context: Any) -> Optional[torch.Tensor]:
         """Logits [B, Vp] at the last position, on the last stage; None on the other stages."""
-        kwargs = mcore.forward_kwargs(self.model, context)
+        kwargs = forward_kwargs(self.model, context)
         if self.ctx.is_first_stage:
             output = self.model(tokens_BS, position_ids_BS, None, **kwargs)
         else:
