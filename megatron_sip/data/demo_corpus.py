@@ -21,21 +21,22 @@ DEMO_SPLITS = {split: DEMO_DATA / f"{split}.jsonl" for split in ("train", "heldo
 
 
 def build_demo_datasets(out_dir: Path, sources: Mapping[str, Path] = DEMO_SPLITS, *,
-                        env: Optional[Dict[str, str]] = None) -> Dict[str, str]:
+                        env: Optional[Dict[str, str]] = None, tokenizer: Optional[str] = None) -> Dict[str, str]:
     """`out_dir/<split>` built from each source JSONL (kept when already built); the dataset path
-    prefixes by split, as `data.paths` takes them."""
+    prefixes by split, as `data.paths` takes them. tokenizer: preprocess's --tokenizer (None: its
+    default, the embedded one)."""
     prefixes = {}
     for split, source in sources.items():
         prefix = Path(out_dir) / split
         if not Path(f"{prefix}.idx").is_file():
-            _preprocess(source, prefix, env=env)
+            _preprocess(source, prefix, env=env, tokenizer=tokenizer)
         prefixes[split] = str(prefix)
     return prefixes
 
 
-def _preprocess(source: Path, prefix: Path, *, env: Optional[Dict[str, str]]) -> None:
+def _preprocess(source: Path, prefix: Path, *, env: Optional[Dict[str, str]], tokenizer: Optional[str]) -> None:
     command = [sys.executable, "-m", "megatron_sip", "preprocess", "--input", str(source),
-               "--output-prefix", str(prefix)]
+               "--output-prefix", str(prefix), *(["--tokenizer", tokenizer] if tokenizer else [])]
     done = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True)
     if done.returncode != 0:
         raise InputError(f"preprocess of {source} failed (exit {done.returncode}): {done.stderr[-2000:]}")
