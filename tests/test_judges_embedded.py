@@ -18,16 +18,22 @@ def test_embedded_judge_and_rewriter_in_process():
         embedded_gguf_path()
     except EmbeddedModelMissing as exc:
         pytest.skip(str(exc))
-    cfg = JudgeConfig(backend="embedded", criteria=["quality"], max_tokens=6, batch_deadline_s=300)
+    # Asked for the label alone (read from the first token's log-probs), SmolLM2 decides every
+    # judgment: a failed one would leave a None score and fail here.
+    cfg = JudgeConfig(backend="embedded", criteria=["quality"], decision="direct", logprobs=True, top_logprobs=20,
+                      batch_deadline_s=300)
     group = JudgeGroup("Water boils at", (Candidate(" 100 degrees Celsius.", "suffix"), Candidate(" the moon.")))
     with JudgeService.open(cfg) as judge:
         [result] = judge.judge([group])
-    assert result.num_calls == 2 and len(result.rewards) == 2
-    assert all(v is None or 0.0 <= v <= 1.0 for v in result.scores["quality"])
+    assert result.num_calls == 2 and len(result.rewards) == 2 and result.num_failed_judgments == 0
+    assert all(v is not None and 0.0 <= v <= 1.0 for v in result.scores["quality"])
     with Rewriter.open(RewriterConfig(backend="embedded", max_tokens_extra=2)) as rewriter:
         [rewrite] = rewriter.rewrite_batch([RewriteRequest("Water boils at", " 50 degrees.", 4)])
-    assert rewrite is None or isinstance(rewrite, str)
+    # SmolLM2 often answers a 4-token rewrite with nothing usable: that must come back as a
+    # counted failure (None), never as an empty string.
     assert rewriter.stats.num_requests == 1
+    assert (rewrite is None and rewriter.stats.num_failed == 1) or (
+        isinstance(rewrite, str) and rewrite.strip() and rewriter.stats.num_failed == 0)
 
 
 def test_embedded_direct_judge_always_decides_and_is_reproducible():

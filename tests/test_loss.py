@@ -75,12 +75,24 @@ def test_sip_loss_matches_float64_reference(objective: str, rows: int, num_prefi
 def test_dpo_report_counts_pairs_and_accuracy() -> None:
     mode = torch.tensor([PrefixMode.PREFERENCE, PrefixMode.PREFERENCE, PrefixMode.SKIP])
     mask = torch.ones(3, 2, 2)
-    # Row log-probs: prefix 0 prefers chosen (margin > 0), prefix 1 prefers rejected.
-    token_nll = torch.tensor([[0.1, 0.1], [1.0, 1.0], [1.0, 1.0], [0.1, 0.1], [0.5, 0.5], [0.5, 0.5]])
+    # Row log-probs: prefix 0 prefers chosen (margin +1.8), prefix 1 prefers rejected (margin -1.0).
+    token_nll = torch.tensor([[0.1, 0.1], [1.0, 1.0], [1.0, 1.0], [0.5, 0.5], [0.5, 0.5], [0.5, 0.5]])
     _, count, report = sip_loss(mode, mask, torch.zeros(3, 2), token_nll, objective="dpo", beta=1.0, nll_weight=0.0)
     assert int(count) == 2
     assert report["dpo_accuracy"].tolist() == [1.0, 2.0]
-    assert report["dpo_margin"][0].item() == pytest.approx((-0.2 + 2.0) + (-2.0 + 0.2))
+    assert report["dpo_margin"].tolist() == pytest.approx([(-0.2 + 2.0) + (-2.0 + 1.0), 2.0])
+
+
+@pytest.mark.parametrize("policy_shift, sign", [(+0.5, +1), (-0.5, -1)])
+def test_margin_is_positive_when_the_policy_moved_towards_the_chosen(policy_shift: float, sign: int) -> None:
+    """margin = beta * ((chosen - ref_chosen) - (rejected - ref_rejected)): positive when the
+    policy raised the chosen row relative to the reference more than the rejected row, and then
+    the loss is below ln 2; negative (and above ln 2) the other way round."""
+    ref_chosen, ref_rejected = torch.tensor([-4.0, -7.0]), torch.tensor([-6.0, -3.0])
+    loss, margin = dpo_loss(ref_chosen + policy_shift, ref_rejected - policy_shift, ref_chosen, ref_rejected, beta=0.5)
+    assert torch.all(torch.sign(margin) == sign)
+    assert margin.tolist() == pytest.approx([0.5 * 2 * policy_shift] * 2)
+    assert torch.all(torch.sign(math.log(2.0) - loss) == sign)
 
 
 def test_masked_nll_sums_and_counts() -> None:

@@ -96,16 +96,18 @@ def test_concurrent_requests_are_all_served(server_url):
 
 
 def test_judge_service_over_http(server_url):
-    cfg = JudgeConfig(endpoints=[server_url], criteria=["quality", "safety"], max_tokens=8, samples=1,
-                      logprobs=True, request_timeout_s=120, health_timeout_s=30, batch_deadline_s=200)
+    cfg = JudgeConfig(endpoints=[server_url], criteria=["quality", "safety"], decision="direct", samples=1,
+                      logprobs=True, top_logprobs=20, request_timeout_s=120, health_timeout_s=30,
+                      batch_deadline_s=200)
     group = JudgeGroup("The weather today", (Candidate(" is sunny and warm.", "suffix"), Candidate(" sunny sunny sunny"),
                                              Candidate(" is cold.")), reference=" is sunny and warm.")
     with JudgeService.open(cfg) as judge:
         [result] = judge.judge([group])
     assert result.num_calls == 6 + 3  # 3 pairs in both orders + 3 safety judgments
     assert len(result.rewards) == 3 and set(result.scores) == {"quality", "safety"}
+    assert result.num_failed_judgments == 0  # SmolLM2 asked for the label alone decides every one
     for value in result.scores["safety"] + result.scores["quality"]:
-        assert value is None or 0.0 <= value <= 1.0
+        assert value is not None and 0.0 <= value <= 1.0
 
 
 def test_rewriter_over_http_cuts_to_n_tokens(server_url):

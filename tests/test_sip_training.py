@@ -78,14 +78,18 @@ def test_two_ranks_reproduce_one(single_rank: tuple, layout: str, demo_data: dic
     records = read_metrics(tmp_path)
     assert [r["step"] for r in records] == list(range(1, STEPS + 1))
     for one, two in zip(reference, records):
-        if math.isnan(one["loss"]):  # every group tied and was skipped: nothing trained, on both
-            assert math.isnan(two["loss"]) and not one["update_applied"] and not two["update_applied"]
+        if one["loss"] is None:  # every group tied and was skipped (NaN, written as null): nothing trained
+            assert two["loss"] is None and not one["update_applied"] and not two["update_applied"]
         else:
             assert abs(one["loss"] - two["loss"]) < 1e-4, (one["loss"], two["loss"])
         for key in ("rollout_chosen_rate", "suffix_chosen_rate", "groups_preference", "judge_calls"):
             assert one.get(key) == two.get(key), key
         assert two["judge_failed_calls"] == 0
     assert sum(r["groups_preference"] for r in records) > 0  # the served judge's verdicts were trained on
+    if objective == "dpo":  # compared where DPO trained: a policy that moved off the reference
+        trained = [r for r in reference[1:] if r["groups_preference"] > 0 and r["loss"] is not None
+                   and abs(r["loss"] - math.log(2.0)) > 1e-3]
+        assert trained, [(r["step"], r["groups_preference"], r["loss"]) for r in reference]
 
 
 @pytest.mark.slow
