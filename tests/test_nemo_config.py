@@ -7,7 +7,6 @@ from pathlib import Path
 import pytest
 import yaml
 
-import megatron_sip.config_compose
 from megatron_sip.config import load_config
 from megatron_sip.config_nemo import mapping_table, translate_layer, translate_overrides
 from megatron_sip.errors import ConfigError
@@ -175,8 +174,6 @@ def test_docs_list_the_whole_mapping() -> None:
     assert mapping_table() in (REPO_ROOT / "docs" / "cluster.md").read_text()
 
 
-@pytest.mark.skipif("config_nemo" not in Path(megatron_sip.config_compose.__file__).read_text(),
-                    reason="config_compose.py does not call config_nemo yet (load_config takes only our spelling)")
 def test_load_config_accepts_nemo_spelling(tmp_path: Path) -> None:
     path = tmp_path / "nemo.yaml"
     path.write_text(NEMO_YAML)
