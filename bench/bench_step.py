@@ -18,7 +18,12 @@ takes longer than training one, the difference stays exposed whatever the overla
 is judge capacity (more endpoints), not scheduling. The last line prints both, so a miss says
 which side is short.
 
-    python bench/bench_step.py [--judge serve|embedded|rules|URL] [--steps 6] [--criteria safety] [KEY=VALUE ...]
+    python bench/bench_step.py [--judge serve|embedded|rules|URL] [--steps 6] [--criteria safety] [--plan] [KEY=VALUE ...]
+
+`--plan` (judge serve or URL) also checks `megatron-sip plan`'s model: before training it probes the
+judge server with groups of the step's shape (megatron_sip/judges/plan.py), and after the runs it
+prints the exposed shares the planner predicts from that probe and the trainer's own time, next to
+the measured ones.
 
 Trailing overrides change the trained model or the step, e.g. `model.hidden_size=512
 model.ffn_hidden_size=1376 model.num_layers=4` for a policy whose step outweighs the judging.
@@ -98,8 +103,10 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=6)
     parser.add_argument("--criteria", default="safety", help="judge.criteria, comma-separated (default safety)")
     parser.add_argument("--judge-cores", type=int, default=1, help="cores of the `serve` sidecar (default 1)")
+    parser.add_argument("--plan", action="store_true", help="compare megatron-sip plan's prediction (see above)")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="extra overrides for both runs")
     args = parser.parse_args()
+    rate = None
     trainer_cores, judge_cores = split_cores(args.judge_cores) if args.judge == "serve" else (None, None)
     with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
         prefix = build_demo_datasets(Path(tmp), {"train": DEMO_SPLITS["train"]})["train"]
@@ -112,6 +119,8 @@ def main() -> None:
             judge = ["judge.backend=openai", f"judge.endpoints=[{args.judge}]"]
         else:
             judge = [f"judge.backend={args.judge}"]
+        if args.plan:
+            rate = probe(judge, args.criteria)
         results = {overlap: run(prefix, judge, overlap, args.steps, Path(tmp) / f"overlap_{overlap}", args.criteria,
                                 trainer_cores, args.overrides)
                    for overlap in (False, True)}
@@ -130,6 +139,50 @@ def main() -> None:
     print(f"exposed_judge_wait_share overlap_off={off['judge_wait_s'] / off['step_s']:.3f} "
           f"overlap_on={on['judge_wait_s'] / on['step_s']:.3f} (goal <= 0.10) step_speedup={off['step_s'] / on['step_s']:.2f}x "
           f"judging_per_step={judging:.2f}s trainer_work_per_step={own_work:.2f}s")
+    if rate is not None:
+        predicted = planned(args.criteria, rate, off["step_s"] - off["judge_wait_s"])
+        measured = (off["judge_wait_s"] / off["step_s"], on["judge_wait_s"] / on["step_s"])
+        print(f"plan: probe {rate:.2f} judgments/s; predicted exposed share overlap_off="
+              f"{predicted.exposed_share_no_overlap:.3f} overlap_on={predicted.exposed_share_overlap:.3f}; "
+              f"measured {measured[0]:.3f} / {measured[1]:.3f}; predicted/measured "
+              f"{predicted.exposed_share_no_overlap / measured[0]:.2f} / {predicted.exposed_share_overlap / measured[1]:.2f}")
+
+
+def bench_config(judge: List[str], criteria: str):
+    """The runs' config (demo.yaml + the bench's overrides), for the planner."""
+    from megatron_sip.config import load_config
+
+    return load_config(REPO / "examples" / "data" / "demo.yaml",
+                       ["sip.objective=dpo", "sip.num_rollouts=4", "sip.candidates=[suffix,rollouts]",
+                        f"judge.criteria=[{criteria}]", *judge])
+
+
+def step_shape(cfg):
+    from megatron_sip.judges.plan import StepShape
+
+    return StepShape(num_prefixes=cfg.train.global_batch_size, num_candidates=1 + cfg.sip.num_rollouts,
+                     prefix_tokens=cfg.data.max_prefix_len, candidate_tokens=cfg.sip.suffix_len,
+                     criteria=cfg.judge.criteria, schedule=cfg.judge.schedule,
+                     knockout_budget=cfg.judge.knockout_budget, both_orders=cfg.judge.pair_order == "both",
+                     stored_policy_free=False, has_rewrite=False)
+
+
+def probe(judge: List[str], criteria: str) -> Optional[float]:
+    from megatron_sip.data.codec import load_codec
+    from megatron_sip.judges.plan import probe_rate
+
+    cfg = bench_config(judge, criteria)
+    tokenizer = load_codec(cfg.data.tokenizer, cfg.data.eod_token).tokenizer
+    return probe_rate(cfg.judge, step_shape(cfg), tokenizer, num_groups=2)
+
+
+def planned(criteria: str, rate: float, trainer_s: float):
+    from megatron_sip.judges.plan import calls_per_group, capacity
+
+    cfg = bench_config(["judge.backend=rules"], criteria)
+    shape = step_shape(cfg)
+    calls = sum(calls_per_group(shape).values()) * shape.num_prefixes
+    return capacity(calls, rate, trainer_s, replicas=1)
 
 
 if __name__ == "__main__":
