@@ -88,6 +88,11 @@ def test_clusters_and_cache_bounds():
     shared_start = list(range(100, 100 + MIN_SHARED_TOKENS))
     prompts = [shared_start + [1, 2], [7, 8, 9], shared_start + [3], shared_start[:-1] + [5]]
     assert sorted(sorted(c) for c in clusters(prompts)) == [[0, 2], [1], [3]]
+    # Two groups' prompts share the instructions only: one cluster per group's document prefix.
+    instructions, doc_a, doc_b = list(range(40)), list(range(1000, 1100)), list(range(2000, 2100))
+    rows = [instructions + doc_a + [1], instructions + doc_b + [2], instructions + doc_a + [3],
+            instructions + doc_b + [4], instructions + doc_a + [5]]
+    assert sorted(sorted(c) for c in clusters(rows)) == [[0, 2, 4], [1, 3]]
 
     class FakeKV:  # only what PrefixCache needs of a KV cache: copying and cropping
         def __init__(self, length):

@@ -81,15 +81,27 @@ class PrefixCache:
 
 
 def clusters(prompts: Sequence[Sequence[int]]) -> List[List[int]]:
-    """Row indices grouped so that sorted neighbours share >= MIN_SHARED_TOKENS leading tokens."""
+    """Row indices grouped for one shared prefix each. In sorted order, neighbours sharing fewer
+    than MIN_SHARED_TOKENS leading tokens part; then a cluster is split where its neighbours share
+    less than half of what its closest neighbours share: prompts about two groups in one batch
+    share the instructions only, and computing each group's document prefix once beats computing
+    the instructions once (they come from the prefix cache anyway)."""
     order = sorted(range(len(prompts)), key=lambda i: prompts[i])
+    shared = [len(os.path.commonprefix([prompts[a], prompts[b]])) for a, b in zip(order, order[1:])]
     groups: List[List[int]] = []
-    for before, index in zip([None] + order, order):
-        if before is None or len(os.path.commonprefix([prompts[before], prompts[index]])) < MIN_SHARED_TOKENS:
-            groups.append([index])
-        else:
-            groups[-1].append(index)
+    start = 0
+    for cut in [k + 1 for k, n in enumerate(shared) if n < MIN_SHARED_TOKENS] + [len(order)]:
+        groups += _split(order[start:cut], shared[start:cut - 1])
+        start = cut
     return groups
+
+
+def _split(rows: List[int], shared: List[int]) -> List[List[int]]:
+    """`rows` (sorted) with `shared[k]` = leading tokens rows k and k+1 share."""
+    if not shared or min(shared) * 2 >= max(shared):
+        return [rows]
+    cut = shared.index(min(shared)) + 1
+    return _split(rows[:cut], shared[:cut - 1]) + _split(rows[cut:], shared[cut:])
 
 
 class SharedPrefixDecoder:
