@@ -52,13 +52,15 @@ def run(args: argparse.Namespace) -> int:
                       has_rewrite=has_rewrite)
     answer = args.answer_tokens if args.answer_tokens is not None else (1 if judge.decision == "direct" else judge.max_tokens)
     prompts = PromptSet(judge.criteria, prompt_dir=judge.prompt_dir, direct=judge.decision == "direct")
-    work = step_work(shape, prompts, tokenizer, output_tokens_per_call=answer)
+    votes = 1 if judge.decision == "direct" else judge.samples  # direct asks one greedy token
+    work = step_work(shape, prompts, tokenizer, output_tokens_per_call=answer * votes)
     print(f"one step: {shape.num_prefixes} prefixes x {num_candidates} candidates, criteria {', '.join(judge.criteria)}, "
           f"schedule {judge.schedule}")
-    print(f"  judge calls: {work.calls} ({judge.samples} vote(s) each)")
+    print(f"  judge calls: {work.calls} ({votes} vote(s) each; a server that answers one choice per request, "
+          f"such as trtllm-serve's GPT-OSS path, gets {work.calls * votes} requests)")
     print(f"  prompt tokens: {work.prompt_tokens} ({work.cacheable_tokens} cacheable by a prefix cache, "
           f"{work.new_tokens} new; counted with the policy tokenizer)")
-    print(f"  output tokens: {work.output_tokens} ({answer} per call)")
+    print(f"  output tokens: {work.output_tokens} ({answer} per vote)")
     rate = args.judge_rate
     if args.measure:
         probe_cfg = replace(judge, endpoints=[args.measure], backend="openai")
