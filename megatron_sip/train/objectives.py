@@ -4,9 +4,10 @@
 from __future__ import annotations
 
 from functools import partial
-from typing import Any, Dict, Protocol
+from typing import Any, Dict, Optional, Protocol
 
 from megatron_sip.config import Config
+from megatron_sip.data.config import DataConfig
 from megatron_sip.model.logprob_head import logprob_head
 from megatron_sip.parallel import ParallelContext
 from megatron_sip.train.batch import TokenBatch
@@ -36,7 +37,7 @@ class NllStep:
     def __init__(self, cfg: Config, ctx: ParallelContext, state: TrainState) -> None:
         self.cfg, self.ctx, self.state = cfg, ctx, state
         self.seq_length = cfg.data.max_prefix_len + cfg.sip.suffix_len
-        self.eod_id = _eod_id(cfg)
+        self.eod_id = _eod_id(cfg.data)
         self.sampler = build_step_sampler(cfg, ctx, eod_id=self.eod_id)
         self.head = logprob_head(cfg.sip, tp_group=ctx.tp_group)
 
@@ -71,11 +72,11 @@ class NllStep:
         pass
 
 
-def _eod_id(cfg: Config):
+def _eod_id(data: DataConfig) -> Optional[int]:
     """The corpus's end-of-document id; synthetic documents (no data.paths) have none."""
-    if not cfg.data.paths:
+    if not data.paths:
         return None
     from megatron_sip.data.codec import load_codec
 
-    return load_codec(cfg.data.tokenizer, cfg.data.eod_token).eod_id
+    return load_codec(data.tokenizer, data.eod_token).eod_id
 
