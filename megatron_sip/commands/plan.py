@@ -9,7 +9,7 @@ from pathlib import Path
 from megatron_sip.commands.common import add_config_arguments, config_from_args
 
 HELP = ("Judge work of one SIP step (calls, prompt tokens new vs cacheable, output tokens) and the "
-        "judge replicas per trainer replica that keep the exposed judge wait <= 10%.")
+        "judge replicas per trainer replica that keep the exposed judge wait <= 10%%.")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
