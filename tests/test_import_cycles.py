@@ -23,7 +23,6 @@ KNOWN_PACKAGE_CYCLES = {
     ("megatron_sip.config", "megatron_sip.model"),  # model/convert_hf.py loads a run config
     ("megatron_sip.model", "megatron_sip.parallel"),
     ("megatron_sip.evaluate", "megatron_sip.judges"),
-    ("megatron_sip.judges", "megatron_sip.serve"),  # issue 15: wire types in a module both use
     ("megatron_sip.sip", "megatron_sip.train"),  # train/loop.py picks sip/step.py's step; sip uses train's step
 }
 

@@ -18,7 +18,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 
 from megatron_sip.embedded import EMBEDDED_NAME, load_causal_lm
-from megatron_sip.judges.generation import Choice, Generation, GenerationRequest, TokenLogprobs
+from megatron_sip.generation import Choice, Generation, GenerationRequest, TokenLogprobs
 from megatron_sip.serve.prefix_reuse import PrefixCache, SampleParams, SharedPrefixDecoder
 
 

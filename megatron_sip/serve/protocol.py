@@ -15,7 +15,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from megatron_sip.judges.generation import Choice, GenerationRequest
+from megatron_sip.generation import Choice, GenerationRequest
 from megatron_sip.serve.generator import LocalOutput
 
 MAX_N = 16
