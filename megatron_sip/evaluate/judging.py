@@ -22,7 +22,7 @@ from megatron_sip.evaluate.progress import ProgressFactory, no_progress
 from megatron_sip.judges.config import JudgeConfig
 from megatron_sip.judges.criteria import Ask
 from megatron_sip.judges.engine import JudgeEngine
-from megatron_sip.judges.loop_thread import LoopThread
+from megatron_sip.judges.loop_thread import LoopFacade, LoopThread
 
 CHECKPOINT, BASELINE, REFERENCE = "checkpoint", "baseline", "reference"
 POINTWISE = ("safety", "factuality")
@@ -49,7 +49,7 @@ def evaluation_judge_config(judge: JudgeConfig, *, seeds: int, temperature: floa
     return dataclasses.replace(judge, criteria=["quality", *POINTWISE], samples=seeds, temperature=temperature)
 
 
-class EvalJudge:
+class EvalJudge(LoopFacade):
     """The configured judge's engine on its own event-loop thread, opened (health-gated, or the
     model loaded) before any policy work so that a judge that cannot answer fails in seconds.
 
@@ -58,19 +58,17 @@ class EvalJudge:
             votes = judge.judge_generations(...)
     """
 
-    def __init__(self, cfg: JudgeConfig, engine: JudgeEngine, loop: LoopThread) -> None:
-        self.cfg, self._engine, self._loop = cfg, engine, loop
+    loop_name = "sip-eval-judge"
+
+    def __init__(self, engine: JudgeEngine, loop: LoopThread, *, cfg: JudgeConfig) -> None:
+        super().__init__(engine, loop)
+        self.cfg = cfg
 
     @classmethod
     def open(cls, cfg: JudgeConfig) -> "EvalJudge":
         from megatron_sip.judges.build import open_engine
 
-        loop = LoopThread(name="sip-eval-judge")
-        try:
-            return cls(cfg, loop.run(open_engine(cfg)), loop)
-        except BaseException:
-            loop.close()
-            raise
+        return cls._opened(open_engine(cfg), cfg=cfg)
 
     def judge_generations(self, *, prefixes: Sequence[str], references: Sequence[str],
                           generations: Mapping[str, Sequence[str]], batch_size: int,
@@ -86,23 +84,12 @@ class EvalJudge:
         with progress(desc="judge", total=len(keyed)) as bar:
             for start in range(0, len(keyed), batch_size):
                 chunk = [item for per_prefix in keyed[start:start + batch_size] for item in per_prefix]
-                answers = self._loop.run(self._engine.ask([ask for _, ask in chunk],
+                answers = self._loop.run(self._inner.ask([ask for _, ask in chunk],
                                                           deadline_s=self.cfg.batch_deadline_s))
                 votes.update(zip((key for key, _ in chunk), answers))
                 bar.update(len(keyed[start:start + batch_size]))
         return _collect(votes, texts, num_prefixes=len(prefixes))
 
-    def close(self) -> None:
-        try:
-            self._loop.run(self._engine.aclose())
-        finally:
-            self._loop.close()
-
-    def __enter__(self) -> "EvalJudge":
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
 
 
 def _asks_for(p: int, prefix: str, reference: str, texts: Mapping[str, Sequence[str]]) -> List[Tuple[_Key, Ask]]:

@@ -20,7 +20,7 @@ from typing import List, Optional, Sequence, Tuple
 from megatron_sip.judges import prompts
 from megatron_sip.judges.config import RewriterConfig
 from megatron_sip.judges.generation import GenerationRequest, TextGenerator
-from megatron_sip.judges.loop_thread import LoopThread
+from megatron_sip.judges.loop_thread import LoopFacade
 from megatron_sip.judges.types import RewriteRequest
 
 _FIELDS = ("prefix", "passage", "context", "num_words")
@@ -152,42 +152,22 @@ class AsyncRewriter:
             await self._generator.aclose()
 
 
-class Rewriter:
+class Rewriter(LoopFacade):
     """Synchronous rewriter for the `rewrite` job: `rewriter.rewrite_batch(requests)` or simply
     `rewriter(requests)` -> one rewrite text or None (failed) per request."""
 
-    def __init__(self, rewriter: AsyncRewriter, loop: LoopThread) -> None:
-        self._rewriter = rewriter
-        self._loop = loop
+    loop_name = "sip-rewriter-loop"
 
     @classmethod
     def open(cls, cfg: RewriterConfig, *, tokenizer=None) -> "Rewriter":
-        loop = LoopThread(name="sip-rewriter-loop")
-        try:
-            rewriter = loop.run(AsyncRewriter.open(cfg, tokenizer=tokenizer))
-        except BaseException:
-            loop.close()
-            raise
-        return cls(rewriter, loop)
+        return cls._opened(AsyncRewriter.open(cfg, tokenizer=tokenizer))
 
     @property
     def stats(self) -> RewriteStats:
-        return self._rewriter.stats
+        return self._inner.stats
 
     def rewrite_batch(self, requests: Sequence[RewriteRequest], *,
                       deadline_s: Optional[float] = None) -> List[Optional[str]]:
-        return self._loop.run(self._rewriter.rewrite(list(requests), deadline_s=deadline_s))
+        return self._loop.run(self._inner.rewrite(list(requests), deadline_s=deadline_s))
 
     __call__ = rewrite_batch
-
-    def close(self) -> None:
-        try:
-            self._loop.run(self._rewriter.aclose())
-        finally:
-            self._loop.close()
-
-    def __enter__(self) -> "Rewriter":
-        return self
-
-    def __exit__(self, *exc_info) -> None:
-        self.close()

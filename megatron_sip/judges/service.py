@@ -13,53 +13,33 @@ from typing import Dict, List, Optional, Sequence
 
 from megatron_sip.judges.config import JudgeConfig
 from megatron_sip.judges.judge import AsyncJudge
-from megatron_sip.judges.loop_thread import LoopThread
+from megatron_sip.judges.loop_thread import LoopFacade
 from megatron_sip.judges.types import GroupResult, JudgeGroup
 
 
-class JudgeService:
-    def __init__(self, judge: AsyncJudge, loop: LoopThread) -> None:
-        self._judge = judge
-        self._loop = loop
+class JudgeService(LoopFacade):
+    loop_name = "sip-judge-loop"
 
     @classmethod
     def open(cls, cfg: JudgeConfig) -> "JudgeService":
         """Connect (health-gated) or load the judge; raises JudgeUnavailableError or ConfigError."""
-        loop = LoopThread()
-        try:
-            judge = loop.run(AsyncJudge.open(cfg))
-        except BaseException:
-            loop.close()
-            raise
-        return cls(judge, loop)
+        return cls._opened(AsyncJudge.open(cfg))
 
     def judge(self, groups: Sequence[JudgeGroup], *, deadline_s: Optional[float] = None) -> List[GroupResult]:
         return self.submit(groups, deadline_s=deadline_s).result()
 
     def submit(self, groups: Sequence[JudgeGroup], *,
                deadline_s: Optional[float] = None) -> "concurrent.futures.Future[List[GroupResult]]":
-        return self._loop.submit(self._judge.judge(list(groups), deadline_s=deadline_s))
+        return self._loop.submit(self._inner.judge(list(groups), deadline_s=deadline_s))
 
     def counters(self) -> Dict[str, int]:
         """Event counts since opening (votes_cut_off, logprobs_rejected, ...), read on the
         service's loop so that they are consistent."""
-        return self._loop.run(_read_counters(self._judge))
+        return self._loop.run(_read_counters(self._inner))
 
     def fingerprint(self) -> str:
         """See AsyncJudge.fingerprint."""
-        return self._judge.fingerprint()
-
-    def close(self) -> None:
-        try:
-            self._loop.run(self._judge.aclose())
-        finally:
-            self._loop.close()
-
-    def __enter__(self) -> "JudgeService":
-        return self
-
-    def __exit__(self, *exc_info) -> None:
-        self.close()
+        return self._inner.fingerprint()
 
 
 async def _read_counters(judge: AsyncJudge) -> Dict[str, int]:
