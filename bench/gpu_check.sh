@@ -16,7 +16,7 @@
 # summary table. Exit status: non-zero if a step that ran failed. Extra arguments go to
 # gpu_logprobs.py (e.g. --skip-compile, --reps 5). Budget: <= 8 minutes on one H100/H200.
 set -uo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/.." || exit 1
 export PYTHONUNBUFFERED=1
 PYTHON="${PYTHON:-python3}"
 LOG_DIR="${OUT:-}"
@@ -35,7 +35,9 @@ bench_rc=${PIPESTATUS[0]}
 
 WHEELS=bench/wheels
 if ! "$PYTHON" -c "import megatron.core" 2>/dev/null && ls "$WHEELS"/*.whl >/dev/null 2>&1; then
-    "$PYTHON" -m pip install --quiet --no-index --find-links "$WHEELS" "$WHEELS"/*.whl 2>&1 | log pip_wheels.log
+    # What bench/fetch_gpu_wheels.sh put there (antlr4's runtime is a source archive pip builds).
+    "$PYTHON" -m pip install --quiet --no-index --find-links "$WHEELS" megatron-core omegaconf hydra-core 2>&1 \
+        | log pip_wheels.log
 fi
 
 rollouts_rc=skipped
