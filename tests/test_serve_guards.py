@@ -5,14 +5,13 @@ request, and a per-request deadline that frees the generation thread."""
 from __future__ import annotations
 
 import asyncio
-import subprocess
-import sys
 import time
 from typing import Iterator, Tuple
 
 import aiohttp
 import pytest
 
+from megatron_sip.serve.launcher import ServeProcess
 from tests.conftest import REPO_ROOT
 from tests.launch import cli_env
 
@@ -28,30 +27,17 @@ def guarded_server(tmp_path_factory) -> Iterator[str]:
         embedded_gguf_path()
     except EmbeddedModelMissing as exc:
         pytest.skip(str(exc))
-    key_file = tmp_path_factory.mktemp("key") / "key"
+    folder = tmp_path_factory.mktemp("guarded")
+    key_file = folder / "key"
     key_file.write_text(KEY + "\n")
     env = cli_env()
     env.pop("SIP_SERVE_API_KEY", None)
-    process = subprocess.Popen(
-        [sys.executable, "-m", "megatron_sip", "serve", "--model", "embedded", "--port", "0",
-         "--max-batch-size", "2", "--max-queue", "3", "--max-tokens-cap", "64", "--max-prompts-per-request", "2",
-         "--request-timeout-s", "3", "--api-key-file", str(key_file)],
-        cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    url = None
-    deadline = time.monotonic() + 240
-    while url is None and time.monotonic() < deadline:
-        line = process.stdout.readline()
-        if not line:
-            break
-        if "ready at " in line:
-            assert "API key required" in line and KEY not in line
-            url = line.split("ready at ")[1].split()[0]
-    if url is None:
-        process.kill()
-        pytest.fail("megatron-sip serve with guards did not become ready")
-    yield url
-    process.terminate()
-    process.wait(timeout=60)
+    server = ServeProcess(["--model", "embedded", "--max-batch-size", "2", "--max-queue", "3", "--max-tokens-cap", "64",
+                           "--max-prompts-per-request", "2", "--request-timeout-s", "3", "--api-key-file", str(key_file)],
+                          log_path=folder / "serve.log", env=env, cwd=REPO_ROOT, ready_timeout_s=240)
+    with server as url:
+        assert "API key required" in server.ready_line and KEY not in server.ready_line
+        yield url
 
 
 async def _post(session: aiohttp.ClientSession, url: str, body, *, key: str = KEY) -> Tuple[int, dict, dict]:
@@ -108,7 +94,8 @@ def test_a_bad_request_never_fails_the_good_ones_sent_with_it(guarded_server):
 
 
 def test_a_full_queue_answers_429_with_retry_after(guarded_server):
-    body = {"prompt": "Count to ten:", "max_tokens": 8, "temperature": 0}
+    # One token each, so what is admitted is answered well within the server's 3 s deadline.
+    body = {"prompt": "Count to ten:", "max_tokens": 1, "temperature": 0}
 
     async def burst(session):
         return await asyncio.gather(*(_post(session, guarded_server, body) for _ in range(10)))

@@ -15,6 +15,20 @@ from megatron_sip.serve.prefix_reuse import MIN_SHARED_TOKENS, PrefixCache, clus
 pytestmark = pytest.mark.slow
 
 
+class Switched:
+    """One loaded model run with prefix reuse off (HF generate) or on: the same server build."""
+
+    def __init__(self, generator: LocalGenerator, tokens: int) -> None:
+        self.generator, self.tokens = generator, tokens
+
+    def run(self, requests):
+        self.generator.set_prefix_cache_tokens(self.tokens)
+        return self.generator.run(requests)
+
+    def chat_prompt(self, messages):
+        return self.generator.chat_prompt(messages)
+
+
 @pytest.fixture(scope="module")
 def generators():
     from megatron_sip.embedded import EmbeddedModelMissing, embedded_gguf_path
@@ -23,9 +37,8 @@ def generators():
         embedded_gguf_path()
     except EmbeddedModelMissing as exc:
         pytest.skip(str(exc))
-    plain = LocalGenerator("embedded", max_batch_size=8, prefix_cache_tokens=0)
-    shared = LocalGenerator("embedded", max_batch_size=8, prefix_cache_tokens=4096)
-    return plain, shared
+    generator = LocalGenerator("embedded", max_batch_size=8, prefix_cache_tokens=4096)
+    return Switched(generator, 0), Switched(generator, 4096)
 
 
 def _prompts(rng: random.Random):
@@ -63,9 +76,10 @@ def test_greedy_tokens_and_logprobs_match_the_no_reuse_path(generators):
     prompts = _prompts(random.Random(3))
     _assert_same(_run(plain, prompts, max_tokens=6), _run(shared, prompts, max_tokens=6))
     # Again: now the prefixes come from the cache of the first batch.
-    hits = shared._shared.cache.hits_tokens
+    cache = shared.generator.prefix_cache  # on: the last run was the reuse path
+    hits = cache.hits_tokens
     _assert_same(_run(plain, prompts[:2], max_tokens=6), _run(shared, prompts[:2], max_tokens=6))
-    assert shared._shared.cache.hits_tokens > hits
+    assert shared.generator.prefix_cache is cache and cache.hits_tokens > hits
 
 
 def test_one_token_judgments_and_raw_prompts_match(generators):

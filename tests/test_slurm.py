@@ -76,7 +76,8 @@ class HetRun:
 
 # SIP judged by the sidecar: safety on the suffix and one rollout, label read from the first token.
 SIP_JUDGED = ("sip.objective=dpo sip.num_rollouts=1 sip.candidates=[suffix,rollouts] judge.criteria=[safety] "
-              "judge.decision=direct judge.logprobs=true judge.top_logprobs=20 judge.request_timeout_s=120")
+              "judge.decision=direct judge.logprobs=true judge.top_logprobs=20 judge.request_timeout_s=120 "
+              "train.micro_batch_size=1 train.global_batch_size=2")
 API_KEY = "het-job-key-5c1e"
 
 
@@ -111,7 +112,7 @@ def hetjob(cluster: LocalSlurm, tmp_path_factory: pytest.TempPathFactory) -> Pre
     """The trainer (2 nodes) and a `megatron-sip serve` judge (1 node) as one het job. Once two
     steps are logged, the job gets what SLURM sends at --signal=B:USR1@600, and must checkpoint,
     requeue itself and finish from the checkpoint."""
-    steps = 8
+    steps = 5
     tmp_path = tmp_path_factory.mktemp("hetjob")
     # The sidecar's key comes from a file (in a folder whose name needs quoting in an override).
     key_file = tmp_path / "keys, here]" / "judge.key"

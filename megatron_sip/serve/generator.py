@@ -63,10 +63,21 @@ class LocalGenerator:
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         self._eos_ids = self._end_ids()
-        self._shared: Optional[SharedPrefixDecoder] = None
-        if prefix_cache_tokens > 0:
-            self._shared = SharedPrefixDecoder(self.model, pad_id=self.tokenizer.pad_token_id, eos_ids=self._eos_ids,
-                                               cache=PrefixCache(prefix_cache_tokens))
+        self._decoder: Optional[SharedPrefixDecoder] = None
+        self._reuse = False
+        self.set_prefix_cache_tokens(prefix_cache_tokens)
+
+    def set_prefix_cache_tokens(self, tokens: int) -> None:
+        """Prompt-prefix reuse with a cache of `tokens` tokens, or off (0). A cache of the same size
+        is kept across off and on."""
+        if tokens > 0 and (self._decoder is None or self._decoder.cache.max_tokens != tokens):
+            self._decoder = SharedPrefixDecoder(self.model, pad_id=self.tokenizer.pad_token_id,
+                                                eos_ids=self._eos_ids, cache=PrefixCache(tokens))
+        self._reuse = tokens > 0
+
+    @property
+    def prefix_cache(self) -> Optional[PrefixCache]:
+        return self._decoder.cache if self._reuse else None
 
     def chat_prompt(self, messages: Sequence[Dict[str, str]]) -> str:
         if self.tokenizer.chat_template:
@@ -100,7 +111,7 @@ class LocalGenerator:
         return (r.temperature == 0.0, r.temperature, r.top_p, seed, local.add_special_tokens, r.top_logprobs > 0)
 
     def _generate(self, chunk: List[_Row], requests: Sequence[LocalRequest]):
-        if self._shared is not None:
+        if self._reuse:
             yield from self._generate_shared(chunk, requests)
             return
         first = requests[chunk[0].request_index]
@@ -132,7 +143,7 @@ class LocalGenerator:
                                  add_special_tokens=first.add_special_tokens)["input_ids"]
         deadlines = [requests[r.request_index].deadline for r in chunk]
         left = _time_left(deadlines)
-        outputs = self._shared.generate(
+        outputs = self._decoder.generate(
             prompts, [requests[r.request_index].request.max_tokens for r in chunk],
             SampleParams(params.temperature, params.top_p, params.seed),
             want_logits=any(requests[r.request_index].request.top_logprobs > 0 for r in chunk),

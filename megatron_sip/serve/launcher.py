@@ -44,6 +44,8 @@ class ServeProcess:
         self.cwd = cwd
         self.process: Optional[subprocess.Popen] = None
         self.url: Optional[str] = None
+        self.ready_line: Optional[str] = None
+        """The line the server printed when it became ready (it says, e.g., whether a key is required)."""
         self.stdout_lines: "queue.Queue[Optional[str]]" = queue.Queue()
         self._log = None
         self._reader: Optional[threading.Thread] = None
@@ -121,6 +123,7 @@ class ServeProcess:
                                        f"ready; see {self.log_path}")
             match = _READY.search(line)
             if match and _healthy(match.group(1)):
+                self.ready_line = line
                 return match.group(1)
 
 
