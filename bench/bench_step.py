@@ -34,7 +34,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -43,7 +42,7 @@ from typing import Dict, List, Optional, Set
 
 from megatron_sip.data.demo_corpus import DEMO_SPLITS, build_demo_datasets
 from megatron_sip.serve.launcher import ServeProcess
-from megatron_sip.train.metrics import read_metrics, recorded_values
+from megatron_sip.train.metrics import median_recorded, read_metrics
 
 REPO = Path(__file__).resolve().parents[1]
 SPLIT = ("sample_s", "rollout_s", "judge_wait_s", "reference_s", "fwd_bwd_s", "optimizer_s", "step_s")
@@ -85,16 +84,10 @@ def run(data_prefix: str, judge: List[str], overlap: bool, steps: int, out: Path
     subprocess.run(command, cwd=REPO, check=True, stdout=subprocess.DEVNULL, env=pinned_env(cores),
                    preexec_fn=pin(cores))
     records = read_metrics(out)[1:]
-    split = {key: median_of(records, f"time_{key}") for key in SPLIT}
-    split["judge_latency_s"] = median_of(records, "judge_latency_s")
-    split["judge_calls"] = median_of(records, "judge_calls")
+    split = {key: median_recorded(records, f"time_{key}") for key in SPLIT}
+    split["judge_latency_s"] = median_recorded(records, "judge_latency_s")
+    split["judge_calls"] = median_recorded(records, "judge_calls")
     return split
-
-
-def median_of(records: List[dict], key: str) -> float:
-    """Median over the records that have a value (null: not finite; absent: not measured)."""
-    values = recorded_values(records, key)
-    return statistics.median(values) if values else 0.0
 
 
 def main() -> None:

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -26,7 +25,7 @@ from pathlib import Path
 from typing import Dict, List
 
 from megatron_sip.data.demo_corpus import DEMO_SPLITS, build_demo_datasets
-from megatron_sip.train.metrics import read_metrics, recorded_values
+from megatron_sip.train.metrics import median_recorded, read_metrics
 
 REPO = Path(__file__).resolve().parents[1]
 OBJECTIVES = ("nll", "dpo", "rf_nll")
@@ -44,16 +43,10 @@ def train_once(data_prefix: str, objective: str, steps: int, out: Path, threads:
 
 
 def medians(records: List[dict]) -> Dict[str, float]:
-    result = {"step_s": median_of(records, "step_time_s")}
+    result = {"step_s": median_recorded(records, "step_time_s")}
     for key in SPLIT:
-        result[key] = median_of(records, f"time_{key}")
+        result[key] = median_recorded(records, f"time_{key}")
     return result
-
-
-def median_of(records: List[dict], key: str) -> float:
-    """Median over the records that have a value (null: not finite; absent: not measured)."""
-    values = recorded_values(records, key)
-    return statistics.median(values) if values else 0.0
 
 
 def main() -> None:

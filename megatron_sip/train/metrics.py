@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import statistics
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
@@ -86,6 +87,12 @@ def recorded_values(records: List[Dict[str, Any]], key: str) -> List[Any]:
     """The values of `key` in the records that hold one (absent: not measured that step; None: the
     writer's null for a non-finite value)."""
     return [record[key] for record in records if record.get(key) is not None]
+
+
+def median_recorded(records: List[Dict[str, Any]], key: str) -> float:
+    """The median of `recorded_values(records, key)`, 0.0 when no record holds one."""
+    values = recorded_values(records, key)
+    return float(statistics.median(values)) if values else 0.0
 
 
 def console_line(record: Dict[str, Any], total_steps: int) -> str:
