@@ -150,32 +150,20 @@ def bench_config(judge: List[str], criteria: str):
                         f"judge.criteria=[{criteria}]", *judge])
 
 
-def step_shape(cfg):
-    from megatron_sip.judges.plan import StepShape
-
-    return StepShape(num_prefixes=cfg.train.global_batch_size, num_candidates=1 + cfg.sip.num_rollouts,
-                     prefix_tokens=cfg.data.max_prefix_len, candidate_tokens=cfg.sip.suffix_len,
-                     criteria=cfg.judge.criteria, schedule=cfg.judge.schedule,
-                     knockout_budget=cfg.judge.knockout_budget, both_orders=cfg.judge.pair_order == "both",
-                     stored_policy_free=False, has_rewrite=False)
-
-
 def probe(judge: List[str], criteria: str) -> Optional[float]:
     from megatron_sip.data.codec import load_codec
-    from megatron_sip.judges.plan import probe_rate
+    from megatron_sip.judges.plan import StepShape, probe_rate
 
     cfg = bench_config(judge, criteria)
     tokenizer = load_codec(cfg.data.tokenizer, cfg.data.eod_token).tokenizer
-    return probe_rate(cfg.judge, step_shape(cfg), tokenizer, num_groups=2)
+    return probe_rate(cfg.judge, StepShape.of_run(cfg), tokenizer, num_groups=2)
 
 
 def planned(criteria: str, rate: float, trainer_s: float):
-    from megatron_sip.judges.plan import calls_per_group, capacity
+    from megatron_sip.judges.plan import StepShape, calls_per_step, capacity
 
     cfg = bench_config(["judge.backend=rules"], criteria)
-    shape = step_shape(cfg)
-    calls = sum(calls_per_group(shape).values()) * shape.num_prefixes
-    return capacity(calls, rate, trainer_s, replicas=1)
+    return capacity(calls_per_step(StepShape.of_run(cfg)), rate, trainer_s, replicas=1)
 
 
 if __name__ == "__main__":

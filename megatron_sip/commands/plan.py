@@ -41,20 +41,14 @@ def run(args: argparse.Namespace) -> int:
     from megatron_sip.judges.plan import StepShape, capacity, probe_rate, step_work
 
     cfg = config_from_args(args)
-    judge, sip = cfg.judge, cfg.sip
+    judge = cfg.judge
     tokenizer = load_codec(cfg.data.tokenizer, cfg.data.eod_token).tokenizer
-    has_rewrite = "rewrite" in sip.candidates
-    num_candidates = ("suffix" in sip.candidates) + has_rewrite + (sip.num_rollouts if "rollouts" in sip.candidates else 0)
-    shape = StepShape(num_prefixes=cfg.train.global_batch_size, num_candidates=num_candidates,
-                      prefix_tokens=cfg.data.max_prefix_len, candidate_tokens=sip.suffix_len,
-                      criteria=judge.criteria, schedule=judge.schedule, knockout_budget=judge.knockout_budget,
-                      both_orders=judge.pair_order == "both", stored_policy_free=args.stored_judgments,
-                      has_rewrite=has_rewrite)
+    shape = StepShape.of_run(cfg, stored_policy_free=args.stored_judgments)
     answer = args.answer_tokens if args.answer_tokens is not None else (1 if judge.decision == "direct" else judge.max_tokens)
     prompts = PromptSet(judge.criteria, prompt_dir=judge.prompt_dir, direct=judge.decision == "direct")
     votes = 1 if judge.decision == "direct" else judge.samples  # direct asks one greedy token
     work = step_work(shape, prompts, tokenizer, output_tokens_per_call=answer * votes)
-    print(f"one step: {shape.num_prefixes} prefixes x {num_candidates} candidates, criteria {', '.join(judge.criteria)}, "
+    print(f"one step: {shape.num_prefixes} prefixes x {shape.num_candidates} candidates, criteria {', '.join(judge.criteria)}, "
           f"schedule {judge.schedule}")
     print(f"  judge calls: {work.calls} ({votes} vote(s) each; a server that answers one choice per request, "
           f"such as trtllm-serve's GPT-OSS path, gets {work.calls * votes} requests)")

@@ -41,6 +41,19 @@ class StepShape:
     """Suffix and rewrite judgments come from the rewrite store (`megatron-sip rewrite --judge`)."""
     has_rewrite: bool
 
+    @classmethod
+    def of_run(cls, cfg, *, stored_policy_free: bool = False) -> "StepShape":
+        """The shape of a run's step from its config (`sip.candidates` says which kinds exist)."""
+        sip, judge = cfg.sip, cfg.judge
+        has_rewrite = "rewrite" in sip.candidates
+        num_candidates = (("suffix" in sip.candidates) + has_rewrite
+                          + (sip.num_rollouts if "rollouts" in sip.candidates else 0))
+        return cls(num_prefixes=cfg.train.global_batch_size, num_candidates=num_candidates,
+                   prefix_tokens=cfg.data.max_prefix_len, candidate_tokens=sip.suffix_len,
+                   criteria=judge.criteria, schedule=judge.schedule, knockout_budget=judge.knockout_budget,
+                   both_orders=judge.pair_order == "both", stored_policy_free=stored_policy_free,
+                   has_rewrite=has_rewrite)
+
 
 @dataclass(frozen=True)
 class StepWork:
@@ -82,6 +95,10 @@ def calls_per_group(shape: StepShape) -> Dict[str, int]:
     return calls
 
 
+def calls_per_step(shape: StepShape) -> int:
+    return sum(calls_per_group(shape).values()) * shape.num_prefixes
+
+
 def step_work(shape: StepShape, prompts: PromptSet, tokenizer, *, output_tokens_per_call: int) -> StepWork:
     """Calls and tokens of one step, from one rendered group (every group has the same shape)."""
     from megatron_sip.judges.engine import shared_prefix_lengths
@@ -105,10 +122,10 @@ def step_work(shape: StepShape, prompts: PromptSet, tokenizer, *, output_tokens_
         shared_share = sum(shared_prefix_lengths(tokens)) / sum(len(t) for t in tokens)
         prompt_tokens += round(count * mean_tokens)
         cacheable += round(count * mean_tokens * shared_share)
-    num_calls = sum(calls.values())
-    return StepWork(calls=num_calls * shape.num_prefixes, prompt_tokens=prompt_tokens * shape.num_prefixes,
+    num_calls = calls_per_step(shape)
+    return StepWork(calls=num_calls, prompt_tokens=prompt_tokens * shape.num_prefixes,
                     cacheable_tokens=cacheable * shape.num_prefixes,
-                    output_tokens=num_calls * shape.num_prefixes * output_tokens_per_call)
+                    output_tokens=num_calls * output_tokens_per_call)
 
 
 @dataclass(frozen=True)

@@ -50,15 +50,15 @@ class PrefixCache:
         self._entries: "OrderedDict[Tuple[int, ...], object]" = collections.OrderedDict()
         self._tokens = 0
         self.hits_tokens = 0
-        self.looked_up_tokens = 0
+        """Prefix tokens served from the cache (not computed again)."""
 
     def longest(self, ids: Sequence[int]) -> Tuple[int, Optional[object]]:
+        wanted = tuple(ids)
         best_key, best_len = None, 0
         for key in self._entries:
-            shared = len(os.path.commonprefix([key, tuple(ids)]))
+            shared = len(os.path.commonprefix([key, wanted]))
             if shared > best_len:
                 best_key, best_len = key, shared
-        self.looked_up_tokens += len(ids)
         if best_key is None or best_len < MIN_SHARED_TOKENS:
             return 0, None
         self._entries.move_to_end(best_key)
