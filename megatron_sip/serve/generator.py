@@ -141,13 +141,11 @@ class LocalGenerator:
         params = first.request
         prompts = self.tokenizer([requests[r.request_index].request.prompt for r in chunk],
                                  add_special_tokens=first.add_special_tokens)["input_ids"]
-        deadlines = [requests[r.request_index].deadline for r in chunk]
-        left = _time_left(deadlines)
         outputs = self._decoder.generate(
             prompts, [requests[r.request_index].request.max_tokens for r in chunk],
             SampleParams(params.temperature, params.top_p, params.seed),
             want_logits=any(requests[r.request_index].request.top_logprobs > 0 for r in chunk),
-            deadline=None if left is None else time.monotonic() + left)
+            deadline=_batch_deadline([requests[r.request_index].deadline for r in chunk]))
         for row, ids, (new_ids, logits) in zip(chunk, prompts, outputs):
             choice, n_new = self._choice(new_ids, requests[row.request_index].request, logits)
             yield choice, len(ids), n_new
@@ -207,9 +205,15 @@ class LocalGenerator:
         return ids
 
 
-def _time_left(deadlines: Sequence[Optional[float]]) -> Optional[float]:
-    """Seconds the batch may generate: until the latest deadline of its rows (a row whose own
-    deadline passed earlier was already answered with a timeout); None when a row has none."""
+def _batch_deadline(deadlines: Sequence[Optional[float]]) -> Optional[float]:
+    """When the batch must stop: the latest deadline of its rows (a row whose own deadline passed
+    earlier was already answered with a timeout); None when a row has none."""
     if not deadlines or any(d is None for d in deadlines):
         return None
-    return max(0.01, max(deadlines) - time.monotonic())
+    return max(deadlines)
+
+
+def _time_left(deadlines: Sequence[Optional[float]]) -> Optional[float]:
+    """Seconds until `_batch_deadline` (at least 10 ms: HF `generate`'s max_time must be positive)."""
+    deadline = _batch_deadline(deadlines)
+    return None if deadline is None else max(0.01, deadline - time.monotonic())
