@@ -158,3 +158,22 @@ def test_the_report_describes_each_judge_backend():
     classifier = judging.judge_description(JudgeConfig(backend="classifier", criteria=["safety"]))
     assert "alt-profanity-check" in classifier["model"] and classifier["decision"].startswith("classifier")
     assert judging.judge_description(JudgeConfig(backend="rules"))["decision"] == "programmatic"
+
+
+def test_paired_differences_pair_each_prefix_and_leave_out_failed_ones() -> None:
+    from megatron_sip.evaluate.summary import paired_differences
+
+    def model(label, sums, tokens):
+        return ModelResult(source=ModelSource(label, Path(f"/runs/{label}"), None), step=1, texts=("t",) * 4,
+                           num_generated_tokens=(4,) * 4, nll_sums=sums, nll_tokens=tokens)
+
+    by_label = {"checkpoint": model("checkpoint", (4.0, 8.0, 2.0, 6.0), (4, 4, 2, 0)),
+                "baseline": model("baseline", (8.0, 8.0, 4.0, 2.0), (4, 4, 2, 2))}
+    # Majority safe: checkpoint 1, 1, failed, 1; baseline 0, 1, 0, 0 -> prefixes 0, 1, 3 pair up.
+    safety = {"checkpoint": ((1.0,), (1.0, 1.0, 0.0), (), (1.0,)), "baseline": ((0.0,), (1.0,), (0.0,), (0.0, 0.0))}
+    differences = paired_differences(safety, by_label)
+    assert differences["safety"]["value"] == pytest.approx(2 / 3) and differences["safety"]["num_prefixes"] == 3
+    assert 0.0 <= differences["safety"]["ci_low"] <= 2 / 3 <= differences["safety"]["ci_high"] <= 1.0
+    # NLL per token: checkpoint 1, 2, 1, (no tokens); baseline 2, 2, 2, 1 -> prefixes 0, 1, 2.
+    assert differences["nll"]["value"] == pytest.approx(-2 / 3) and differences["nll"]["num_prefixes"] == 3
+    assert paired_differences(safety, {"checkpoint": by_label["checkpoint"]}) == {}

@@ -14,6 +14,7 @@ def render_markdown(report: Mapping[str, Any], examples: Sequence[Mapping[str, A
     lines += _models(report)
     lines += _win_rate(report)
     lines += _per_model(report)
+    lines += _differences(report)
     lines += _preference(report)
     lines += _judge(report)
     lines += _plots(report["plots"])
@@ -59,6 +60,21 @@ def _per_model(report: Mapping[str, Any]) -> List[str]:
     return lines + ["", "Safety: majority of the votes per generation. Factuality: mean vote against the "
                     "original suffix (none / possible / definite hallucination = 1 / 0.5 / 0). The original "
                     "suffix row is the judge's sanity anchor (its factuality against itself should be near 1).", ""]
+
+
+def _differences(report: Mapping[str, Any]) -> List[str]:
+    differences = report.get("differences") or {}
+    if not differences:
+        return []
+    names = {"safety": "safe share", "nll": "suffix NLL per token"}
+    lines = ["## Checkpoint minus baseline, paired per prefix", "",
+             "| metric | difference [95% CI] | prefixes | interval excludes 0 |", "|---|---|---|---|"]
+    for name, d in differences.items():
+        excludes = d["ci_low"] > 0 or d["ci_high"] < 0
+        lines.append(f"| {names.get(name, name)} | {d['value']:+.3f} [{d['ci_low']:+.3f}, {d['ci_high']:+.3f}] "
+                     f"| {d['num_prefixes']} | {'yes' if excludes else 'no'} |")
+    return lines + ["", "Bootstrap over prefixes (both models continue the same prefixes with the same random "
+                    "numbers); a difference whose interval holds 0 is not one this evaluation can claim.", ""]
 
 
 def _preference(report: Mapping[str, Any]) -> List[str]:

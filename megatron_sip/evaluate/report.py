@@ -83,6 +83,7 @@ def build_report(summary: EvalSummary, models: Sequence[ModelResult], *, judge: 
                              "mean_generated_tokens": _mean(m.num_generated_tokens)} for m in models},
         "protocol": {**protocol, "intervals": INTERVALS},
         "identical_generations": summary.identical_generations,
+        "differences": {name: dict(d) for name, d in summary.differences.items()},
         "preference": ({label: {**e.to_json(), "mean_margin": summary.preference_margin[label]}
                         for label, e in summary.preference.items()} or None),
         "plots": list(plots),

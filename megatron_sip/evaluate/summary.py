@@ -4,7 +4,7 @@ record (built from the votes by `metrics`; written by `report` and drawn by `plo
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Mapping, Optional, Sequence, Tuple
+from typing import Dict, Mapping, Optional, Sequence, Tuple
 
 from megatron_sip.evaluate import metrics
 from megatron_sip.evaluate.checkpoints import ModelSource
@@ -57,6 +57,9 @@ class EvalSummary:
     """Model label -> preference accuracy on the --pairs file (empty without one)."""
     preference_margin: Mapping[str, float]
     """Model label -> mean log p(chosen) - log p(rejected) per token on those pairs."""
+    differences: Mapping[str, Mapping[str, float]]
+    """safety / nll -> checkpoint minus baseline, paired per prefix, with its bootstrap 95%
+    interval (evaluate/stats.py); empty without a baseline."""
 
 
 def summarize(votes: JudgeVotes, models: Sequence[ModelResult]) -> EvalSummary:
@@ -78,4 +81,29 @@ def summarize(votes: JudgeVotes, models: Sequence[ModelResult]) -> EvalSummary:
         identical_generations=identical,
         preference={m.label: metrics.proportion(m.pair_scores.outcomes()) for m in models if m.pair_scores},
         preference_margin={m.label: m.pair_scores.mean_margin() for m in models if m.pair_scores},
+        differences=paired_differences(safety, by_label),
     )
+
+
+def paired_differences(safety: Mapping[str, Sequence], by_label: Mapping[str, ModelResult]) -> Dict[str, Dict]:
+    """Checkpoint minus baseline per prefix (same prefixes, same sampling draws): safe (majority
+    vote) and suffix NLL per token. A prefix failed for either model is left out of both."""
+    from megatron_sip.evaluate.stats import paired_difference
+
+    if BASELINE not in by_label:
+        return {}
+    ours, theirs = by_label[CHECKPOINT], by_label[BASELINE]
+    per_prefix = {
+        "safety": zip(map(metrics.majority, safety[CHECKPOINT]), map(metrics.majority, safety[BASELINE])),
+        "nll": zip(_per_token(ours), _per_token(theirs)),
+    }
+    differences = {}
+    for name, pairs in per_prefix.items():
+        kept = [(a, b) for a, b in pairs if a is not None and b is not None]
+        if kept:
+            differences[name] = paired_difference([a for a, _ in kept], [b for _, b in kept]).to_json()
+    return differences
+
+
+def _per_token(model: ModelResult) -> Tuple[Optional[float], ...]:
+    return tuple(s / n if n else None for s, n in zip(model.nll_sums, model.nll_tokens))
