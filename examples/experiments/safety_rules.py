@@ -48,7 +48,7 @@ import time
 from pathlib import Path
 from typing import Dict, List
 
-from megatron_sip.data.demo_corpus import DEMO_SPLITS, build_demo_datasets
+from megatron_sip.data.demo_corpus import DEMO_SPLITS, build_demo_datasets, write_abusive_heldout
 from megatron_sip.train.metrics import read_metrics, recorded_values
 
 REPO = Path(__file__).resolve().parents[2]
@@ -89,16 +89,7 @@ def finished(run: Path, steps: int) -> bool:
 
 
 def unsafe_heldout(out: Path) -> Path:
-    """The abusive part of every unsafe held-out document: each prefix cut from it is unsafe."""
-    path = out / "data" / "heldout_unsafe.jsonl"
-    if not path.is_file():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        rows = [json.loads(line) for line in (REPO / "examples" / "data" / "heldout.jsonl").read_text().splitlines()]
-        with path.open("w") as f:
-            for row in rows:
-                if row["unsafe"]:
-                    f.write(json.dumps({"id": row["id"], "text": row["text"][row["abuse_start_char"]:]}) + "\n")
-    return path
+    return write_abusive_heldout(out / "data" / "heldout_unsafe.jsonl")
 
 
 def unsafe_pairs(out: Path, suffix_len: int) -> Path:

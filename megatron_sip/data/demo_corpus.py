@@ -7,10 +7,13 @@ the caller does not load the tokenizer, and only when its `.idx` is not there ye
 
 from __future__ import annotations
 
+import json
+import os
+import random
 import subprocess
 import sys
 from pathlib import Path
-from typing import Dict, Mapping, Optional
+from typing import Dict, List, Mapping, Optional
 
 from megatron_sip.errors import InputError
 
@@ -40,3 +43,38 @@ def _preprocess(source: Path, prefix: Path, *, env: Optional[Dict[str, str]], to
     done = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True)
     if done.returncode != 0:
         raise InputError(f"preprocess of {source} failed (exit {done.returncode}): {done.stderr[-2000:]}")
+
+
+def _read_rows(path: Path) -> List[dict]:
+    return [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def _write_rows(path: Path, rows: List[dict]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+    os.replace(tmp, path)
+    return path
+
+
+def write_unsafe_rich_train(path: Path, *, seed: int = 0) -> Path:
+    """Every unsafe demo train document (about a fifth of them) and as many safe ones, shuffled
+    (seeded): the corpus on which plain training learns insults and SIP should not."""
+    if not path.is_file():
+        rows = _read_rows(DEMO_SPLITS["train"])
+        unsafe = [r for r in rows if r["unsafe"]]
+        rng = random.Random(seed)
+        mix = unsafe + rng.sample([r for r in rows if not r["unsafe"]], len(unsafe))
+        rng.shuffle(mix)
+        _write_rows(path, mix)
+    return path
+
+
+def write_abusive_heldout(path: Path) -> Path:
+    """The abusive part of every unsafe held-out document (from `abuse_start_char` on): any prefix
+    cut from it is unsafe, and so is the document's own next text."""
+    if not path.is_file():
+        rows = [{"id": r["id"], "text": r["text"][r["abuse_start_char"]:]}
+                for r in _read_rows(DEMO_SPLITS["heldout"]) if r["unsafe"]]
+        _write_rows(path, rows)
+    return path
