@@ -79,6 +79,26 @@ def test_rewrite_without_a_rewriter_client_says_so(run_yaml: Path, capsys, monke
     assert len(err) == 1 and "no rewriter client" in err[0]
 
 
+def test_failed_rewrites_give_their_own_exit_status_and_are_retried(run_yaml: Path, capsys, monkeypatch) -> None:
+    import contextlib
+
+    calls = []
+
+    @contextlib.contextmanager
+    def flaky_rewriter(cfg, codec):  # fault injection: the first call fails every other request
+        def rewrite(requests):
+            calls.append(len(requests))
+            return [None if len(calls) == 1 and k % 2 else r.suffix_text for k, r in enumerate(requests)]
+        yield rewrite
+
+    monkeypatch.setattr(rewrite_command, "open_rewrite_fn", flaky_rewriter)
+    args = ["rewrite", "--config", str(run_yaml), "--count", "6", "--batch-size", "6", "--no-progress"]
+    assert cli.main(args) == rewrite_command.EXIT_SOME_FAILED == 3
+    assert "3 failed" in capsys.readouterr().err
+    assert cli.main(args) == 0  # the rerun asks only for the three that failed
+    assert calls[1:] == [3] and "3 rewrites written, 3 already stored, 0 failed" in capsys.readouterr().err
+
+
 def test_rewrite_command_with_the_rules_rewriter(run_yaml: Path, capsys, codec) -> None:
     """The real client (`rewriter.backend=rules`: the suffix without lexicon terms) end to end."""
     args = ["rewrite", "--config", str(run_yaml), "--count", "10", "--batch-size", "3",

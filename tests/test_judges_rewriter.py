@@ -46,6 +46,30 @@ def test_clean_answer(answer, expected):
     assert clean_answer(answer, context="walked to the river and", suffix=" the river was loud.") == expected
 
 
+def test_copied_instruction_lines_are_dropped_whole_or_cut_short():
+    from importlib import resources
+
+    from megatron_sip.judges.rewriter import instruction_lines
+
+    template = resources.files("megatron_sip.judges").joinpath("prompts", "rewrite.txt").read_text()
+    instructions = instruction_lines(template)
+    assert "The passage begins with the last words of the start, repeated here:" in instructions
+    assert not any("$" in line for line in instructions)
+
+    def clean(answer):
+        return clean_answer(answer, context="walked to the river and", suffix=" the river was loud.",
+                            instructions=instructions)
+
+    # What SmolLM2-135M wrote for 3 of 8 demo rewrites: the instruction, then text or more instructions.
+    assert clean("The passage begins with the last words of the start, repeated here:\nthe river was calm.") == \
+        " the river was calm."
+    assert clean("The passage begins with the last words of the start, repeated here:\n\n"
+                 "The text between each BEGIN and END marker is") is None
+    assert clean("- Keep every part of the passage that is fine exactly as written.") is None
+    # Text that shares a few words with an instruction is kept.
+    assert clean("The passage begins at the mill.") == " The passage begins at the mill."
+
+
 def test_cut_to_tokens():
     assert cut(" a b c d e", 3) == " a b"
 

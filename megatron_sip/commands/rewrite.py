@@ -11,9 +11,12 @@ from typing import Iterator
 from megatron_sip.commands.common import add_config_arguments, config_from_args
 
 HELP = ("Rewrite the suffixes a run will train on, ahead of training; results go to the rewrite "
-        "store beside each dataset. Resumable.")
+        "store beside each dataset. Resumable; exit status 3 when some rewrites failed (rerun to retry them).")
 
 REWRITER_MODULE = "megatron_sip.judges.rewriter"
+EXIT_SOME_FAILED = 3
+"""Exit status when the job ran but some rewrites failed (their samples have none until a rerun
+rewrites them); 2 stays the status of bad input, 1 of a crash."""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -52,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"{stats.num_samples} samples: {stats.num_written} rewrites written, "
           f"{stats.num_already_stored} already stored, {stats.num_failed} failed "
           "(rerun to retry them)", file=sys.stderr)
-    return 0 if stats.num_failed == 0 else 1
+    return 0 if stats.num_failed == 0 else EXIT_SOME_FAILED
 
 
 @contextlib.contextmanager

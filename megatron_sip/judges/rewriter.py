@@ -25,6 +25,8 @@ from megatron_sip.judges.types import RewriteRequest
 
 _FIELDS = ("prefix", "passage", "context", "num_words")
 _PREAMBLE_MAX_WORDS = 12
+_ECHO_MIN_WORDS = 5
+"""A copied instruction line is recognised from this many words on (shorter ones could be text)."""
 _QUOTES = "\"'`\u201c\u201d\u2018\u2019"
 
 
@@ -52,9 +54,24 @@ def context_tail(prefix: str, num_words: int) -> str:
     return prefix[starts[-num_words]:] if len(starts) >= num_words else prefix
 
 
-def clean_answer(answer: str, *, context: str, suffix: str) -> Optional[str]:
-    """The continuation in a rewriter's answer, or None when there is none."""
-    lines = [line for line in answer.strip().splitlines() if not line.lstrip().startswith("<<<")]
+def instruction_lines(template_text: str) -> Tuple[str, ...]:
+    """The prompt's own lines without `$fields`, whitespace-normalised: what an answer must not
+    copy (a small model sometimes repeats its instructions instead of rewriting)."""
+    lines = (" ".join(line.split()) for line in template_text.splitlines() if "$" not in line)
+    return tuple(line for line in lines if len(line.split()) >= _ECHO_MIN_WORDS)
+
+
+def _copies_instruction(line: str, instructions: Sequence[str]) -> bool:
+    """The line is an instruction line, whole or cut short (at least _ECHO_MIN_WORDS words)."""
+    flat = " ".join(line.split()).lstrip("- ")
+    return len(flat.split()) >= _ECHO_MIN_WORDS and any(i.lstrip("- ").startswith(flat) for i in instructions)
+
+
+def clean_answer(answer: str, *, context: str, suffix: str, instructions: Sequence[str] = ()) -> Optional[str]:
+    """The continuation in a rewriter's answer, or None when there is none. Lines copied from
+    `instructions` (see instruction_lines) are dropped."""
+    lines = [line for line in answer.strip().splitlines()
+             if not line.lstrip().startswith("<<<") and not _copies_instruction(line, instructions)]
     if len(lines) > 1 and lines[0].rstrip().endswith(":") and len(lines[0].split()) <= _PREAMBLE_MAX_WORDS:
         lines = lines[1:]  # "Here is the rewritten passage:"
     text = "\n".join(lines).strip().strip(_QUOTES).strip()
@@ -137,7 +154,9 @@ class AsyncRewriter:
                                                          top_p=self._cfg.top_p, max_tokens=budget))
             contexts.append(context)
         generations = await self._generator.generate(generation_requests, deadline_s=deadline_s)
-        return [None if g is None else clean_answer(g.choices[0].text, context=c, suffix=r.suffix)
+        instructions = instruction_lines(self._template.template.template)
+        return [None if g is None else clean_answer(g.choices[0].text, context=c, suffix=r.suffix,
+                                                    instructions=instructions)
                 for g, c, r in zip(generations, contexts, requests)]
 
     def _finish(self, answer: Optional[str], request: RewriteRequest) -> Optional[str]:
