@@ -100,7 +100,6 @@ def test_abusive_prefixes_are_cut_inside_the_abuse_and_clean_ones_from_safe_docu
     assert all(len(c.suffix) == 32 and 16 <= len(c.tokens) <= 128 for c in clean)
 
 
-@pytest.mark.skipif(not (RESULTS / "continued_pretraining.json").is_file(), reason="no committed results yet")
 def test_committed_results_are_what_their_rows_give_and_what_the_readme_shows() -> None:
     committed = json.loads((RESULTS / "continued_pretraining.json").read_text())
     generations = probe.read_jsonl(RESULTS / "continued_pretraining_generations.jsonl")
