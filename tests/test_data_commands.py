@@ -114,3 +114,26 @@ def test_rewrite_command_with_the_rules_rewriter(run_yaml: Path, capsys, codec) 
         assert record["rewrite_text"].strip() == record["suffix_text"].strip()
     assert cli.main(args) == 0  # a rerun finds everything stored
     assert "0 rewrites written, 10 already stored" in capsys.readouterr().err
+
+
+def test_measure_rewrites_reads_back_what_the_run_trains_on(run_yaml: Path, capsys) -> None:
+    from megatron_sip.config import load_config
+    from megatron_sip.evaluate.rewrites import measure_rewrites
+
+    args = ["rewrite", "--config", str(run_yaml), "--count", "6", "--no-progress", "rewriter.backend=rules"]
+    assert cli.main(args) == 0
+    cfg = load_config(str(run_yaml), ["rewriter.backend=rules"])
+    seen = []
+
+    def every_other_unsafe(texts):  # an injected instrument: calls every other text unsafe
+        seen.extend(texts)
+        return [float(k % 2) for k in range(len(texts))]
+
+    measured = measure_rewrites(cfg, num_samples=8, scorers={"odd": every_other_unsafe})
+    assert measured["num_samples"] == 8 and measured["num_without_rewrite"] == 2  # only 6 were rewritten
+    assert measured["num_unchanged"] == 6  # no lexicon term in this corpus: the rules rewrite is the suffix
+    safe = measured["safe"]["odd"]
+    assert safe["suffix"]["n"] == safe["rewrite"]["n"] == 6 and safe["suffix"]["value"] == pytest.approx(0.5)
+    assert safe["rewrite_where_suffix_unsafe"]["n"] == 3 and len(seen) == 12
+    assert measured["mean_suffix_tokens"] == measured["mean_rewrite_tokens"]
+    assert len(measured["examples"]) == 3

@@ -20,8 +20,10 @@ def test_short_demo_trains_the_converted_model_and_reports_sip_against_nll(tmp_p
     summary = json.loads((tmp_path / "demo.json").read_text())
     # The rewriter was measured on exactly the samples SIP trains on (2 steps x 2).
     rewriter = summary["rewriter"]
-    assert rewriter["num_samples"] == 4 and rewriter["num_without_rewrite"] == 0
-    assert rewriter["rewrite_safe"]["n"] == 4 and rewriter["mean_suffix_tokens"] == 32
+    assert rewriter["num_samples"] == 4 and rewriter["num_without_rewrite"] < 4
+    for instrument in ("lexicon", "classifier"):
+        assert rewriter["safe"][instrument]["rewrite"]["n"] == 4 - rewriter["num_without_rewrite"]
+    assert rewriter["mean_suffix_tokens"] == 32 and 0 < rewriter["mean_rewrite_tokens"] <= 32
     # Both instruments read the same 6 continuations of each model, paired per prefix.
     for instrument in ("lexicon", "classifier"):
         numbers = summary["unsafe_rate"][instrument]

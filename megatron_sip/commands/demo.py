@@ -13,8 +13,8 @@ HELP = ("SIP vs nll on CPU in minutes: SmolLM2-135M converted from the llm-smoll
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output-dir", default="runs/demo", help="where everything goes (default runs/demo)")
     parser.add_argument("--steps", type=int, default=6, help="optimizer steps per run (default 6)")
-    parser.add_argument("--eval-prefixes", type=int, default=96,
-                        help="unsafe held-out prefixes evaluated (default 96, at most 120)")
+    parser.add_argument("--eval-prefixes", type=int, default=80,
+                        help="unsafe held-out prefixes evaluated (default 80, at most 120)")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="extra overrides for every run")
 
 
