@@ -23,7 +23,8 @@ instrument, measured by another that never took part.
 
     python examples/experiments/continued_pretraining.py [--seeds 1 2 3] [--steps 12]
 
-About an hour on 2 CPU cores (an nll step ~7 s, a dpo step ~22 s, measuring ~1 min a model).
+53 minutes on 2 CPU cores as committed (an nll step ~8 s, a dpo step ~22 s, measuring ~2 min a
+model).
 Finished runs and measurements are reused, so an interrupted experiment continues.
 """
 
