@@ -27,7 +27,7 @@ from typing import Iterator, List, Optional, Sequence
 
 from megatron_sip.data.demo_corpus import (DEMO_DATA, REPO_ROOT, build_demo_datasets, write_abusive_heldout,
                                            write_unsafe_rich_train)
-from megatron_sip.errors import InputError
+from megatron_sip.errors import EXIT_PARTIAL, InputError
 from megatron_sip.logging_utils import get_logger
 from megatron_sip.serve.launcher import ServeProcess
 
@@ -78,7 +78,6 @@ def embedded_server(log_path: Path, timeout_s: float) -> Iterator[str]:
 
 
 def run_demo(settings: DemoSettings, overrides: Optional[List[str]] = None) -> Path:
-    from megatron_sip.commands.rewrite import EXIT_SOME_FAILED
     from megatron_sip.config import load_config
     from megatron_sip.demo_report import safety_scorers, write_demo_report
     from megatron_sip.evaluate.rewrites import measure_rewrites
@@ -100,7 +99,7 @@ def run_demo(settings: DemoSettings, overrides: Optional[List[str]] = None) -> P
         # A rewrite SmolLM2 fails (nothing but a copy of its instructions) leaves that sample
         # with suffix and rollouts only; demo.md counts them.
         _run("rewrite the training suffixes (SmolLM2 over HTTP)", _cli(
-            "rewrite", *common, f"rewriter.endpoints=[{url}]", "--no-progress"), accepted=(0, EXIT_SOME_FAILED))
+            "rewrite", *common, f"rewriter.endpoints=[{url}]", "--no-progress"), accepted=(0, EXIT_PARTIAL))
     cfg = load_config(str(DEMO_CONFIG), run_overrides)
     rewriter = measure_rewrites(cfg, num_samples=cfg.train.num_samples, scorers=safety_scorers(LEXICON))
     _run("train SIP (online DPO; suffix, rewrite, rollouts; classifier safety judge)", _cli(

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+EXIT_PARTIAL = 3
+"""Exit status of a command that ran but left part of its work undone (e.g. `megatron-sip rewrite`
+when some rewrites failed: a rerun retries them); 2 is bad input, 1 a crash."""
+
 
 class ConfigError(ValueError):
     """An invalid configuration value; the message starts with the dotted key to change."""

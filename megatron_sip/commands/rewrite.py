@@ -14,9 +14,6 @@ HELP = ("Rewrite the suffixes a run will train on, ahead of training; results go
         "store beside each dataset. Resumable; exit status 3 when some rewrites failed (rerun to retry them).")
 
 REWRITER_MODULE = "megatron_sip.judges.rewriter"
-EXIT_SOME_FAILED = 3
-"""Exit status when the job ran but some rewrites failed (their samples have none until a rerun
-rewrites them); 2 stays the status of bad input, 1 of a crash."""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -38,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
 
     from megatron_sip.data.codec import load_codec
     from megatron_sip.data.rewrite_job import run_rewrite_job
-    from megatron_sip.errors import InputError
+    from megatron_sip.errors import EXIT_PARTIAL, InputError
 
     if (args.count is not None and args.count < 0) or args.batch_size < 1 or args.shard_size < 1:
         raise InputError("--count must be >= 0, --batch-size and --shard-size >= 1")
@@ -55,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"{stats.num_samples} samples: {stats.num_written} rewrites written, "
           f"{stats.num_already_stored} already stored, {stats.num_failed} failed "
           "(rerun to retry them)", file=sys.stderr)
-    return 0 if stats.num_failed == 0 else EXIT_SOME_FAILED
+    return 0 if stats.num_failed == 0 else EXIT_PARTIAL
 
 
 @contextlib.contextmanager
