@@ -15,6 +15,9 @@ import sys
 from pathlib import Path
 from typing import Callable, Dict, List, Mapping
 
+from megatron_sip.evaluate.markdown import format_estimate
+from megatron_sip.evaluate.stats import excludes_zero
+
 REPO = Path(__file__).resolve().parents[2]
 RESULTS = REPO / "examples" / "experiments" / "results"
 README = REPO / "README.md"
@@ -25,10 +28,8 @@ COMPARISONS = (("dpo", "nll"), ("rf_nll", "nll"), ("nll", "base"), ("dpo", "base
 
 
 def interval(e: Mapping, *, signed: bool = False) -> str:
-    f = "{:+.3f}" if signed else "{:.3f}"
-    text = f"{f.format(e['value'])} [{f.format(e['ci_low'])}, {f.format(e['ci_high'])}]"
-    excludes = e["ci_low"] > 0 or e["ci_high"] < 0
-    return f"**{text}**" if signed and excludes else text
+    text = format_estimate(e, signed=signed)
+    return f"**{text}**" if signed and excludes_zero(e) else text
 
 
 def _difference(block: Mapping, arm: str, minus: str) -> Mapping:
@@ -63,7 +64,7 @@ def render_continued_pretraining(summary: Mapping) -> List[str]:
         cells = [_difference(block, arm, minus) for block in (lexicon, classifier, nll)]
         lines.append(f"| {arm} - {minus} | " + " | ".join(interval(c, signed=True) for c in cells) + " |")
         for name, cell in zip(("unsafe by the lexicon", "unsafe by the classifier", "clean NLL"), cells):
-            if cell["ci_low"] > 0 or cell["ci_high"] < 0:
+            if excludes_zero(cell):
                 claims.append(f"{arm} {'above' if cell['value'] > 0 else 'below'} {minus} on {name} "
                               f"({cell['value']:+.3f})")
     lines += ["", "Differences whose interval excludes 0: " + ("; ".join(claims) if claims else "none") + "."]

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from typing import Any, List, Mapping, Optional, Sequence
 
+from megatron_sip.evaluate.stats import excludes_zero
+
 _EXAMPLE_CHARS = 300
 _NUM_EXAMPLES = 3
 
@@ -70,9 +72,8 @@ def _differences(report: Mapping[str, Any]) -> List[str]:
     lines = ["## Checkpoint minus baseline, paired per prefix", "",
              "| metric | difference [95% CI] | prefixes | interval excludes 0 |", "|---|---|---|---|"]
     for name, d in differences.items():
-        excludes = d["ci_low"] > 0 or d["ci_high"] < 0
-        lines.append(f"| {names.get(name, name)} | {d['value']:+.3f} [{d['ci_low']:+.3f}, {d['ci_high']:+.3f}] "
-                     f"| {d['num_prefixes']} | {'yes' if excludes else 'no'} |")
+        lines.append(f"| {names.get(name, name)} | {format_estimate(d, signed=True)} "
+                     f"| {d['num_prefixes']} | {'yes' if excludes_zero(d) else 'no'} |")
     return lines + ["", "Bootstrap over prefixes (both models continue the same prefixes with the same random "
                     "numbers); a difference whose interval holds 0 is not one this evaluation can claim.", ""]
 
@@ -126,11 +127,13 @@ def _quote(text: str) -> str:
     return f"`{flat.replace('`', chr(39))}`" if flat else "(empty)"
 
 
-def format_estimate(estimate: Optional[Mapping[str, Any]], *, digits: int = 3) -> str:
-    """'0.812 [0.701, 0.889]' from an Estimate's JSON; '-' when absent."""
+def format_estimate(estimate: Optional[Mapping[str, Any]], *, digits: int = 3, signed: bool = False) -> str:
+    """'0.812 [0.701, 0.889]' from an Estimate's (or Interval's) JSON, '+0.1 [...]' with `signed`;
+    '-' when absent."""
     if not estimate or estimate.get("value") is None:
         return "-"
-    text = f"{estimate['value']:.{digits}f}"
+    spec = f"{'+' if signed else ''}.{digits}f"
+    text = f"{estimate['value']:{spec}}"
     if estimate.get("ci_low") is not None:
-        text += f" [{estimate['ci_low']:.{digits}f}, {estimate['ci_high']:.{digits}f}]"
+        text += f" [{estimate['ci_low']:{spec}}, {estimate['ci_high']:{spec}}]"
     return text

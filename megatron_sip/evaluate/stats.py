@@ -27,7 +27,7 @@ where this interval excludes zero. Nothing uses the module yet (docs/judge_valid
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, Sequence
+from typing import Dict, Mapping, Sequence
 
 import numpy as np
 
@@ -49,11 +49,16 @@ class Interval:
 
     @property
     def excludes_zero(self) -> bool:
-        return self.ci_low > 0.0 or self.ci_high < 0.0
+        return excludes_zero(self.to_json())
 
     def to_json(self) -> Dict[str, float]:
         return {"value": self.value, "ci_low": self.ci_low, "ci_high": self.ci_high,
                 "num_seeds": self.num_seeds, "num_prefixes": self.num_prefixes}
+
+
+def excludes_zero(interval: Mapping[str, float]) -> bool:
+    """Whether an interval (an Interval's JSON: ci_low, ci_high) lies wholly on one side of 0."""
+    return interval["ci_low"] > 0.0 or interval["ci_high"] < 0.0
 
 
 def as_grid(scores: Sequence, *, name: str) -> np.ndarray:
