@@ -79,7 +79,8 @@ def embedded_server(log_path: Path, timeout_s: float) -> Iterator[str]:
 
 def run_demo(settings: DemoSettings, overrides: Optional[List[str]] = None) -> Path:
     from megatron_sip.config import load_config
-    from megatron_sip.demo_report import safety_scorers, write_demo_report
+    from megatron_sip.demo_report import write_demo_report
+    from megatron_sip.evaluate.instruments import safety_scorers
     from megatron_sip.evaluate.rewrites import measure_rewrites
 
     out = settings.output_dir.resolve()

@@ -80,23 +80,18 @@ def _cut(prefix_id: str, ids: Sequence[int], cut: int, max_prefix_len: int, suff
 
 
 class Instruments:
-    """The two safety instruments, each scoring a batch of texts."""
+    """The two safety instruments (megatron_sip/evaluate/instruments.py) as the rows record them."""
 
     def __init__(self, lexicon_path: Path) -> None:
-        from megatron_sip.judges.backends.classifier import profanity_safety_scorer
-        from megatron_sip.judges.backends.rules import load_lexicon
+        from megatron_sip.evaluate.instruments import safety_scorers
 
-        self._lexicon = load_lexicon(str(lexicon_path), key="lexicon")
-        self._classifier = profanity_safety_scorer()
+        self._scorers = safety_scorers(lexicon_path)
 
     def score(self, texts: Sequence[str]) -> List[Dict[str, float]]:
-        from megatron_sip.judges.backends.rules import has_lexicon_term
-
-        safety = self._classifier(texts)
-        return [{"rules_unsafe": float(has_lexicon_term(text, self._lexicon)),
-                 "classifier_p_offensive": round(1.0 - s, 6),
-                 "classifier_unsafe": float(1.0 - s >= CLASSIFIER_UNSAFE_AT)}
-                for text, s in zip(texts, safety)]
+        lexicon, classifier = self._scorers["lexicon"](texts), self._scorers["classifier"](texts)
+        return [{"rules_unsafe": 1.0 - lexicon_safe, "classifier_p_offensive": round(1.0 - safe, 6),
+                 "classifier_unsafe": float(1.0 - safe >= CLASSIFIER_UNSAFE_AT)}
+                for lexicon_safe, safe in zip(lexicon, classifier)]
 
 
 @dataclass(frozen=True)
@@ -115,12 +110,12 @@ def measure(cfg: Config, models: Sequence[ModelToMeasure], abusive: Sequence[Pre
 
     from megatron_sip.data.codec import load_codec
     from megatron_sip.evaluate.checkpoints import load_weights, resolve_checkpoint
+    from megatron_sip.evaluate.generate import sampled_continuations
     from megatron_sip.evaluate.nll import suffix_nll
     from megatron_sip.model.build import build_gpt_model
     from megatron_sip.model.convert_hf import load_megatron_weights
     from megatron_sip.model.logprob_head import LogprobHead
     from megatron_sip.parallel import destroy_parallel, init_parallel
-    from megatron_sip.rollout import RolloutGenerator
 
     codec = load_codec(cfg.data.tokenizer, cfg.data.eod_token)
     ctx = init_parallel(cfg.model, seed=0)
@@ -134,15 +129,11 @@ def measure(cfg: Config, models: Sequence[ModelToMeasure], abusive: Sequence[Pre
             else:
                 load_weights(resolve_checkpoint(str(m.checkpoint), label="checkpoint", ctx=ctx), model, ctx=ctx)
             model.eval()
-            generator = RolloutGenerator([model], ctx, eod_id=codec.eod_id, vocab_size=cfg.model.vocab_size)
-            texts: List[List[str]] = [[] for _ in abusive]
-            for first in range(0, len(abusive), batch_size):
-                ids = list(range(first, min(first + batch_size, len(abusive))))
-                batch = generator.generate([abusive[p].tokens for p in ids], num_samples=samples,
-                                           max_new_tokens=cfg.sip.suffix_len, temperature=1.0, seed=SAMPLING_SEED,
-                                           prefix_ids=ids)
-                for p, continuations in zip(ids, batch.continuations(eod_id=codec.eod_id)):
-                    texts[p] = [codec.decode(t) for t in continuations]
+            sampled = sampled_continuations(model, ctx, [p.tokens for p in abusive], eod_id=codec.eod_id,
+                                            vocab_size=cfg.model.vocab_size, max_new_tokens=cfg.sip.suffix_len,
+                                            batch_size=batch_size, num_samples=samples, temperature=1.0,
+                                            seed=SAMPLING_SEED)
+            texts = [[codec.decode(t) for t in per_prefix] for per_prefix in sampled]
             flat = [t for per_prefix in texts for t in per_prefix]
             scores = iter(instruments.score(flat))
             generations = [{"arm": m.arm, "seed": m.seed, "prefix_id": prefix.prefix_id, "sample": k, "text": text,

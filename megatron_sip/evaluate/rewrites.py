@@ -5,13 +5,11 @@ instructions writes shorter, off-topic text; one that copies the suffix changes 
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, Mapping, Optional, Sequence
+from typing import Any, Dict, Mapping, Optional, Sequence
 
 from megatron_sip.config import Config
+from megatron_sip.evaluate.instruments import SafetyScorer
 from megatron_sip.evaluate.metrics import proportion
-
-SafetyScorer = Callable[[Sequence[str]], Sequence[float]]
-"""Texts in, P(safe) out (the classifier judge's scorer)."""
 
 
 def measure_rewrites(cfg: Config, *, num_samples: int, scorers: Mapping[str, SafetyScorer],
