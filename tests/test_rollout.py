@@ -249,6 +249,26 @@ def test_reproducible_per_seed_and_prefix_id(generator) -> None:
     assert not torch.equal(one.tokens_PKN[0, 0], one.tokens_PKN[0, 1])  # the K samples differ
 
 
+def test_evaluation_samples_follow_the_prefix_not_the_batching(policy) -> None:
+    """evaluate/generate.py: sample k of prefix p is the same in passes of any width, and the
+    one-continuation helper returns sample 0."""
+    import numpy as np
+
+    from megatron_sip.evaluate.generate import continuations, sampled_continuations
+
+    model, ctx = policy
+    prefixes = [np.asarray(p, dtype=np.int64) for p in PREFIXES]
+    kwargs = dict(eod_id=EOD_ID, vocab_size=VOCAB_SIZE, max_new_tokens=6, temperature=1.0)
+    wide = sampled_continuations(model, ctx, prefixes, batch_size=4, num_samples=2, seed=5, **kwargs)
+    narrow = sampled_continuations(model, ctx, prefixes, batch_size=1, num_samples=2, seed=5, **kwargs)
+    assert all(len(s) == 2 for s in wide)
+    assert all(np.array_equal(a, b) for w, n in zip(wide, narrow) for a, b in zip(w, n))
+    assert any(not np.array_equal(w[0], w[1]) for w in wide)  # the samples of a prefix differ
+    single = continuations(model, ctx, prefixes, batch_size=3, **kwargs)
+    first = sampled_continuations(model, ctx, prefixes, batch_size=3, num_samples=1, **kwargs)
+    assert all(np.array_equal(a, b[0]) for a, b in zip(single, first))
+
+
 # -- contract with the trainer ----------------------------------------------------------------------
 class _Wrapper(torch.nn.Module):
     """Stands for Megatron's DDP: the policy sits at `.module`."""
