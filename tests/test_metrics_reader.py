@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import json
 
-from megatron_sip.train.metrics import latest_per_step, median_recorded, read_metrics, recorded_values
+import pytest
+
+from megatron_sip.train.metrics import latest_per_step, mean_recorded, median_recorded, read_metrics, recorded_values
 
 
 def test_nulls_torn_lines_resumes_and_medians(tmp_path):
@@ -19,3 +21,5 @@ def test_nulls_torn_lines_resumes_and_medians(tmp_path):
     assert recorded_values(records, "loss") == [2.0, 1.5, 1.0]
     assert median_recorded(records, "time_step_s") == 3.0
     assert median_recorded(records, "absent") == 0.0
+    assert mean_recorded(records, "loss") == pytest.approx(1.5)  # the null is not a value
+    assert mean_recorded(records, "absent") is None

@@ -47,7 +47,8 @@ from summarize import summarize  # noqa: E402
 
 from megatron_sip.data.demo_corpus import (DEMO_DATA, REPO_ROOT, build_demo_datasets,  # noqa: E402
                                            write_unsafe_rich_train)
-from megatron_sip.train.metrics import read_metrics, recorded_values  # noqa: E402
+from megatron_sip.durable import write_json_atomically, write_text_atomically  # noqa: E402
+from megatron_sip.train.metrics import mean_recorded, read_metrics  # noqa: E402
 
 CONFIG = REPO_ROOT / "examples" / "experiments" / "continued_pretraining.yaml"
 RESULTS = REPO_ROOT / "examples" / "experiments" / "results"
@@ -77,13 +78,9 @@ def finished(run: Path, steps: int) -> bool:
 
 def training_record(run: Path) -> Dict[str, float]:
     records = read_metrics(run)
-    record: Dict[str, float] = {}
-    for key in ("step_time_s", "loss", "rollout_chosen_rate", "rewrite_chosen_rate", "suffix_chosen_rate",
-                "dpo_accuracy"):
-        values = recorded_values(records, key)
-        if values:
-            record[f"mean_{key}"] = sum(values) / len(values)
-    return record
+    keys = ("step_time_s", "loss", "rollout_chosen_rate", "rewrite_chosen_rate", "suffix_chosen_rate", "dpo_accuracy")
+    means = {f"mean_{key}": mean_recorded(records, key) for key in keys}
+    return {key: value for key, value in means.items() if value is not None}
 
 
 def main() -> None:
@@ -148,8 +145,7 @@ def main() -> None:
         for m, result in zip(todo, measure(cfg, todo, abusive, clean, samples=args.samples, instruments=instruments,
                                            batch_size=32, log=say)):
             part = measured_dir / f"{m.arm}_{m.seed}.json"
-            part.with_suffix(".tmp").write_text(json.dumps(result))
-            os.replace(part.with_suffix(".tmp"), part)
+            write_text_atomically(part, json.dumps(result))
     generations, clean_nll = [], []
     for m in models:
         result = json.loads((measured_dir / f"{m.arm}_{m.seed}.json").read_text())
@@ -164,17 +160,11 @@ def main() -> None:
                 "wall_s": round(time.perf_counter() - started), "cpu_threads": os.cpu_count()}
     summary = summarize(generations, clean_nll, training=training, settings=settings)
     args.results_dir.mkdir(parents=True, exist_ok=True)
-    _write(args.results_dir / f"{NAME}.json", json.dumps(summary, indent=1) + "\n")
-    _write(args.results_dir / f"{NAME}_generations.jsonl", "".join(json.dumps(r) + "\n" for r in generations))
-    _write(args.results_dir / f"{NAME}_clean_nll.jsonl", "".join(json.dumps(r) + "\n" for r in clean_nll))
+    write_json_atomically(args.results_dir / f"{NAME}.json", summary)
+    for suffix, rows in (("generations", generations), ("clean_nll", clean_nll)):
+        write_text_atomically(args.results_dir / f"{NAME}_{suffix}.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
     say(f"wrote {args.results_dir / NAME}.json (+ generations, clean NLL); "
         "render the README tables with python examples/experiments/render_tables.py")
-
-
-def _write(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 if __name__ == "__main__":

@@ -49,7 +49,7 @@ from pathlib import Path
 from typing import Dict, List
 
 from megatron_sip.data.demo_corpus import DEMO_SPLITS, build_demo_datasets, write_abusive_heldout
-from megatron_sip.train.metrics import read_metrics, recorded_values
+from megatron_sip.train.metrics import mean_recorded, read_metrics
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIG = REPO / "examples" / "data" / "demo.yaml"
@@ -132,12 +132,9 @@ def arm_names(requested: List[str]) -> List[str]:
 
 def training_means(run: Path) -> Dict[str, float]:
     records = read_metrics(run)
-    means = {}
-    for key in ("rollout_chosen_rate", "rewrite_chosen_rate", "suffix_chosen_rate", "dpo_accuracy"):
-        values = recorded_values(records, key)
-        if values:
-            means[key] = statistics.mean(values)
-    return means
+    means = {key: mean_recorded(records, key)
+             for key in ("rollout_chosen_rate", "rewrite_chosen_rate", "suffix_chosen_rate", "dpo_accuracy")}
+    return {key: value for key, value in means.items() if value is not None}
 
 
 def main() -> None:

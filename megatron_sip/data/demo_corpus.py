@@ -8,13 +8,13 @@ the caller does not load the tokenizer, and only when its `.idx` is not there ye
 from __future__ import annotations
 
 import json
-import os
 import random
 import subprocess
 import sys
 from pathlib import Path
 from typing import Dict, List, Mapping, Optional
 
+from megatron_sip.durable import write_text_atomically
 from megatron_sip.errors import InputError
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -51,9 +51,7 @@ def _read_rows(path: Path) -> List[dict]:
 
 def _write_rows(path: Path, rows: List[dict]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
-    os.replace(tmp, path)
+    write_text_atomically(path, "".join(json.dumps(row) + "\n" for row in rows))
     return path
 
 

@@ -95,6 +95,12 @@ def median_recorded(records: List[Dict[str, Any]], key: str) -> float:
     return float(statistics.median(values)) if values else 0.0
 
 
+def mean_recorded(records: List[Dict[str, Any]], key: str) -> Optional[float]:
+    """The mean of `recorded_values(records, key)`, None when no record holds one."""
+    values = recorded_values(records, key)
+    return sum(values) / len(values) if values else None
+
+
 def console_line(record: Dict[str, Any], total_steps: int) -> str:
     parts = [f"step {record['step']}/{total_steps}"]
     for key in _CONSOLE_KEYS:
